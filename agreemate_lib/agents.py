@@ -1,0 +1,203 @@
+"""Agent specifications (what a roster line says) and agents (a spec bound to a backend)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .backends.base import ChatBackend, ChatRequest, GenerationSettings, ReplyFormat
+from .parsing import ParsedTurn, parse_turn
+from .prompts import PERSONALITIES, build_messages, system_prompt
+
+AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class AgentSpec(BaseModel):
+    """One agent of the roster. Its :meth:`config_hash` changes whenever anything that shapes its replies changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    backend: Literal["transformers", "openai", "rule-based"] = "transformers"
+    model: str = "smollm2"
+    adapter: Optional[str] = None
+    personality: str = ""
+    cot: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 96
+    repetition_penalty: float = 1.1
+    max_utterance_tokens: int = 60
+    max_reasoning_tokens: int = 80
+    structured: bool = True
+    max_retries: int = Field(2, ge=0, le=10)
+    dtype: str = "auto"
+    device: str = "auto"
+    quantization: Optional[str] = None
+    batch_size: int = 32
+    # OpenAI-compatible HTTP
+    base_url: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    # rule-based
+    beta: float = 0.5
+    enabled: bool = True
+    notes: str = ""
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not AGENT_ID_RE.match(v):
+            raise ValueError(f"agent id {v!r} must use only [a-z0-9._-] and start with a letter or digit")
+        return v
+
+    @field_validator("personality")
+    @classmethod
+    def _check_personality(cls, v: str) -> str:
+        if v not in PERSONALITIES:
+            raise ValueError(f"personality must be one of {sorted(p for p in PERSONALITIES if p)} or empty, got {v!r}")
+        return v
+
+    def generation(self, seed: int) -> GenerationSettings:
+        return GenerationSettings(self.temperature, self.top_p, self.max_new_tokens, seed, self.repetition_penalty)
+
+    def reply_format(self) -> ReplyFormat:
+        return ReplyFormat(self.cot, self.max_utterance_tokens, self.max_reasoning_tokens)
+
+    def config_hash(self) -> str:
+        """Content hash of everything that shapes the agent's behaviour (not its id, notes or enabled flag)."""
+        payload = self.model_dump(exclude={"id", "notes", "enabled"})
+        if self.adapter:
+            from .backends.transformers_backend import file_digest
+            from pathlib import Path
+
+            if Path(self.adapter).exists():
+                payload["adapter_digest"] = file_digest(self.adapter)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_agent_shorthand(spec: str) -> AgentSpec:
+    """CLI shorthand: ``smollm2``, ``smollm2-cot``, ``smollm2-aggressive``, ``rule-based``, ``hf:PATH_OR_ID``,
+    ``openai:MODEL@BASE_URL``."""
+    s = spec.strip()
+    if s in ("rule", "rule-based", "rules"):
+        return AgentSpec(id="rule-based", backend="rule-based", model="rule-based")
+    if s.startswith("hf:"):
+        model = s[3:]
+        return AgentSpec(id=_slug(model), backend="transformers", model=model)
+    if s.startswith("openai:"):
+        model, _, url = s[7:].partition("@")
+        if not url:
+            raise ValueError(f"openai agent needs a base URL: openai:MODEL@http://host:port/v1, got {spec!r}")
+        return AgentSpec(id=_slug(model), backend="openai", model=model, base_url=url)
+    base, *mods = s.split("-")
+    if base in ("smollm2", "embedded"):
+        kw: dict[str, Any] = {}
+        for m in mods:
+            if m == "cot":
+                kw["cot"] = True
+            elif m in PERSONALITIES:
+                kw["personality"] = m
+            elif m == "greedy":
+                kw["temperature"] = 0.0
+            else:
+                raise ValueError(f"unknown modifier {m!r} in agent {spec!r} (cot, greedy, aggressive, fair, passive)")
+        return AgentSpec(id=s, backend="transformers", model="smollm2", **kw)
+    raise ValueError(
+        f"unknown agent {spec!r}: use a roster id, smollm2[-cot][-aggressive|-fair|-passive][-greedy], rule-based, "
+        "hf:PATH_OR_ID or openai:MODEL@BASE_URL"
+    )
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", s.lower()).strip("-.") or "agent"
+
+
+def make_backend(spec: AgentSpec) -> ChatBackend:
+    if spec.backend == "rule-based":
+        from .backends.rule_based import RuleBasedBackend
+
+        return RuleBasedBackend(beta=spec.beta)
+    if spec.backend == "transformers":
+        from .backends.transformers_backend import TransformersBackend
+
+        return TransformersBackend(spec.model, adapter=spec.adapter, dtype=spec.dtype, device=spec.device,
+                                   quantization=spec.quantization, structured=spec.structured,
+                                   batch_size=spec.batch_size)
+    if spec.backend == "openai":
+        from .backends.openai_http import OpenAIBackend
+
+        return OpenAIBackend(spec.model, base_url=spec.base_url or "", api_key_env=spec.api_key_env,
+                             concurrency=spec.concurrency, timeout_s=spec.timeout_s, structured=spec.structured,
+                             max_retries=spec.max_retries)
+    raise ValueError(f"unknown backend {spec.backend!r}")
+
+
+class Agent:
+    """A spec bound to a backend: builds prompts, asks in batches, parses, re-asks on unusable replies."""
+
+    def __init__(self, spec: AgentSpec, backend: ChatBackend | None = None):
+        self.spec = spec
+        self.backend = backend or make_backend(spec)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def requests_for(self, role: str, states: list[dict[str, Any]]) -> list[ChatRequest]:
+        out = []
+        for st in states:
+            view = st["view"]
+            sys = system_prompt(role, view, self.spec.personality, self.spec.cot, st["max_turns"])
+            msgs = build_messages(role, sys, st["history"], st["max_turns"] - st["turn"], st["opens"])
+            out.append(ChatRequest(msgs, self.spec.reply_format(), context=st | {"role": role},
+                                   key=f"{st['negotiation_id']}|{st['turn']}"))
+        return out
+
+    def act(self, role: str, states: list[dict[str, Any]], seed: int) -> list[tuple[ParsedTurn, dict[str, Any]]]:
+        """One turn for every state: (parsed turn, provenance) pairs, in order. Never raises for a bad reply."""
+        reqs = self.requests_for(role, states)
+        results: list[tuple[ParsedTurn, dict[str, Any]] | None] = [None] * len(reqs)
+        pending = list(range(len(reqs)))
+        attempt = 0
+        info = [{"raw": "", "retries": 0, "tokens_in": 0, "tokens_out": 0, "structured": False} for _ in reqs]
+        while pending:
+            batch = [reqs[i] for i in pending]
+            for r in batch:
+                r.key = r.key.rsplit("#", 1)[0] + f"#{attempt}"
+            try:
+                comps = self.backend.generate(batch, self.spec.generation(seed))
+            except Exception as exc:  # noqa: BLE001 - a backend failure becomes a failed turn, not a crash
+                comps = None
+                err = f"{type(exc).__name__}: {exc}"
+            still = []
+            for k, i in enumerate(pending):
+                if comps is None:
+                    parsed = ParsedTurn("unknown", "", None, None, ok=False, error=err, action_known=False)
+                    c_text, c_struct = "", False
+                else:
+                    c = comps[k]
+                    info[i]["tokens_in"] += c.tokens_in
+                    info[i]["tokens_out"] += c.tokens_out
+                    c_text, c_struct = c.text, c.structured
+                    parsed = (parse_turn(c.text) if not c.error else
+                              ParsedTurn("unknown", "", None, None, ok=False, error=c.error, action_known=False))
+                info[i]["raw"] = c_text
+                info[i]["structured"] = c_struct and parsed.ok
+                info[i]["retries"] = attempt
+                results[i] = (parsed, info[i])
+                if not parsed.ok and attempt < self.spec.max_retries:
+                    still.append(i)
+                    reqs[i].messages = reqs[i].messages + [
+                        {"role": "assistant", "content": c_text or "(no reply)"},
+                        {"role": "user", "content": f"That reply was not usable ({parsed.error}). Answer again with "
+                                                    "one JSON object with the keys action, utterance and price."},
+                    ]
+            pending = still
+            attempt += 1
+        return results  # type: ignore[return-value]

@@ -1,0 +1,69 @@
+"""The one backend interface: a batch of chat conversations in, a batch of completions out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 96
+    seed: int = 0
+    repetition_penalty: float = 1.1
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass(frozen=True)
+class ReplyFormat:
+    """What the reply must look like: the agent's JSON contract."""
+
+    cot: bool = False
+    #: Maximum tokens of the free-text fields under structured generation.
+    max_utterance_tokens: int = 60
+    max_reasoning_tokens: int = 80
+
+
+@dataclass
+class ChatRequest:
+    """One conversation to continue. ``context`` carries the structured state (for rule-based agents and logs)."""
+
+    messages: list[dict[str, str]]
+    reply_format: ReplyFormat = field(default_factory=ReplyFormat)
+    context: dict[str, Any] = field(default_factory=dict)
+    #: Distinguishes requests for seeding and caching (negotiation id, turn, attempt).
+    key: str = ""
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    #: True when the reply came out of constrained decoding / server-side structured output.
+    structured: bool = False
+    error: str | None = None
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+class ChatBackend(ABC):
+    """Batched chat generation. Implementations: transformers, OpenAI-compatible HTTP, rule-based."""
+
+    #: A stable identity of the model behind this backend (for caches and provenance).
+    model_id: str = ""
+
+    @abstractmethod
+    def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
+        """One completion per request, in order. Must not raise for a single bad reply: return it with ``error``."""
+
+    def close(self) -> None:  # pragma: no cover - default no-op
+        pass

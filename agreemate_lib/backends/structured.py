@@ -1,0 +1,296 @@
+"""Structured generation for the transformers backend: the reply is forced into the agent's JSON contract.
+
+The assistant turn is decoded through a small per-sequence state machine:
+
+    {"reasoning": "<free text>",            (chain-of-thought agents only)
+     "action": "<one act of the vocabulary>",
+     "utterance": "<free text>",
+     "price": <number | null>}
+
+The act is chosen by the model among the vocabulary's token sequences (constrained decoding), the price is digits
+(or ``null`` where the act allows none), the free text is anything but quotes, backslashes, newlines and special
+tokens, and the punctuation between fields is forced. The machine's output is always valid JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..vocabulary import CHOOSABLE_ACTS, PRICED_ACTS
+
+#: Acts whose price is forced to null (they name no price).
+NULL_PRICE_ACTS = frozenset({"intro", "inquire", "accept", "reject", "quit"})
+
+
+@dataclass
+class TokenTable:
+    """Per-tokenizer facts, computed once."""
+
+    strings: list[str]
+    eos_id: int
+    digit_ids: list[int]
+    dot_ids: list[int]
+    null_id_seq: list[int]
+    close_ids: list[int]  # tokens that are exactly "}"
+    free_text_mask: torch.Tensor  # bool[V]: allowed inside a free-text field (no quote/backslash/newline/special)
+    quote_tokens: dict[int, str]  # token id -> text after its first quote, for tokens containing a quote
+    choice_seqs: dict[str, list[int]] = field(default_factory=dict)
+    encode_cache: dict[str, int] = field(default_factory=dict)
+    mask_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokenizer: object = None
+    vocab_size: int = 0
+
+    @classmethod
+    def build(cls, tokenizer, vocab_size: int) -> "TokenTable":
+        strings = [tokenizer.decode([i]) for i in range(vocab_size)]
+        special = set(tokenizer.all_special_ids)
+        free = torch.ones(vocab_size, dtype=torch.bool)
+        quote_tokens: dict[int, str] = {}
+        for i, s in enumerate(strings):
+            if i in special or "\\" in s or "\n" in s or "\r" in s or "\ufffd" in s or not s:
+                free[i] = False
+            elif '"' in s:
+                free[i] = False
+                quote_tokens[i] = s[s.index('"') + 1 :]
+        for i in range(len(strings), vocab_size):
+            free[i] = False
+        digit_ids = [i for i, s in enumerate(strings) if s.isdigit() and s.isascii() and i not in special]
+        dot_ids = [i for i, s in enumerate(strings) if s == "."]
+        close_ids = [i for i, s in enumerate(strings) if s == "}"]
+        eos = tokenizer.eos_token_id
+        table = cls(
+            strings=strings,
+            eos_id=eos if isinstance(eos, int) else eos[0],
+            digit_ids=digit_ids,
+            dot_ids=dot_ids,
+            null_id_seq=tokenizer.encode("null", add_special_tokens=False),
+            close_ids=close_ids,
+            free_text_mask=free,
+            quote_tokens=quote_tokens,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+        )
+        for act in CHOOSABLE_ACTS:
+            table.choice_seqs[act] = tokenizer.encode(act, add_special_tokens=False)
+        return table
+
+    def text_mask(self, closing: str) -> torch.Tensor:
+        """Free text, plus the tokens that close the field with a quote whose rest fits the closing literal."""
+        mask = self.mask_cache.get(closing)
+        if mask is None:
+            mask = self.free_text_mask.clone()
+            ok = [tid for tid, rest in self.quote_tokens.items() if closing[1:].startswith(rest)]
+            mask[ok] = True
+            self.mask_cache[closing] = mask
+        return mask
+
+    def first_token(self, text: str) -> int:
+        """The first token of the canonical encoding of ``text`` (cached)."""
+        tid = self.encode_cache.get(text)
+        if tid is None:
+            tid = self.tokenizer.encode(text, add_special_tokens=False)[0]
+            self.encode_cache[text] = tid
+        return tid
+
+
+def assistant_prefix(cot: bool) -> str:
+    """What the assistant turn starts with; the machine continues from here."""
+    return '{"reasoning": "' if cot else '{"action": "'
+
+
+class TurnMachine:
+    """State of one sequence. ``allowed()`` says what may come next; ``advance(token)`` consumes a token."""
+
+    def __init__(self, table: TokenTable, cot: bool, max_utterance_tokens: int, max_reasoning_tokens: int):
+        self.t = table
+        self.fields: dict[str, object] = {}
+        self.done = False
+        # A list of pending steps; each is (kind, arg).
+        steps: list[tuple[str, object]] = []
+        if cot:
+            steps += [("text", ("reasoning", max_reasoning_tokens)), ("literal", '", "action": "')]
+        steps += [("choice", "action"), ("literal", '", "utterance": "')]
+        steps += [("text", ("utterance", max_utterance_tokens)), ("literal", '", "price": ')]
+        steps += [("number", None), ("literal", "}"), ("eos", None)]
+        self.steps = steps
+        self.pos = 0
+        self._literal_left: str | None = None
+        self._text_buf: list[str] = []
+        self._text_tokens = 0
+        self._choice_tokens: list[int] = []
+        self._num = ""
+        self._null_pos = 0
+        self._enter()
+
+    @property
+    def complete(self) -> bool:
+        """The JSON is closed (the last step, end-of-sequence, may not have been fed back by ``generate``)."""
+        return self.done or self.kind == "eos"
+
+    # -- step bookkeeping -------------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.steps[self.pos][0]
+
+    def _enter(self) -> None:
+        kind, arg = self.steps[self.pos]
+        if kind == "literal":
+            self._literal_left = arg  # type: ignore[assignment]
+        elif kind == "text":
+            self._text_buf, self._text_tokens = [], 0
+        elif kind == "choice":
+            self._choice_tokens = []
+        elif kind == "number":
+            self._num, self._null_pos = "", 0
+        if kind == "literal" and not self._literal_left:
+            self._next()
+
+    def _next(self) -> None:
+        self.pos += 1
+        if self.pos >= len(self.steps):
+            self.done = True
+            return
+        self._enter()
+
+    def _consume_literal(self, s: str) -> None:
+        """Text that ended a free-text field inside the same token counts against the following literal."""
+        while s and self.kind == "literal":
+            left = self._literal_left or ""
+            n = min(len(s), len(left))
+            self._literal_left = left[n:]
+            s = s[n:]
+            if not self._literal_left:
+                self._next()
+
+    # -- what may come next --------------------------------------------------------------------------------------
+    def allowed(self) -> list[int] | torch.Tensor | None:
+        """A list of allowed ids, a bool mask over the vocabulary, or None when anything goes."""
+        if self.done:
+            return [self.t.eos_id]
+        kind, arg = self.steps[self.pos]
+        if kind == "literal":
+            return [self.t.first_token(self._literal_left or "")]
+        if kind == "eos":
+            return [self.t.eos_id]
+        if kind == "choice":
+            n = len(self._choice_tokens)
+            nxt = {
+                seq[n]
+                for seq in self.t.choice_seqs.values()
+                if len(seq) > n and seq[:n] == self._choice_tokens
+            }
+            if any(seq == self._choice_tokens for seq in self.t.choice_seqs.values()):
+                nxt.add(self.t.first_token('", "utterance": "'))
+            return sorted(nxt)
+        if kind == "text":
+            name, max_tokens = arg  # type: ignore[misc]
+            closing = self.steps[self.pos + 1][1]  # the literal that closes this field
+            if self._text_tokens >= max_tokens:
+                return [self.t.first_token(closing)]  # type: ignore[arg-type]
+            if self._text_tokens == 0:
+                return self.t.free_text_mask  # at least one token of text
+            return self.t.text_mask(closing)  # type: ignore[arg-type]
+        if kind == "number":
+            action = self.fields.get("action")
+            if self._null_pos:
+                return [self.t.null_id_seq[self._null_pos]]
+            if not self._num:
+                if action in NULL_PRICE_ACTS:
+                    return [self.t.null_id_seq[0]]
+                ids = list(self.t.digit_ids)
+                if action not in PRICED_ACTS:
+                    ids.append(self.t.null_id_seq[0])
+                return ids
+            digits = self._num.replace(".", "")
+            ids: list[int] = list(self.t.close_ids)
+            if "." in self._num:
+                if len(self._num.split(".")[1]) < 2:
+                    ids += [i for i in self.t.digit_ids if len(self.t.strings[i]) == 1]
+            elif len(digits) < 8:
+                ids += [i for i in self.t.digit_ids if len(digits) + len(self.t.strings[i]) <= 8]
+                ids += self.t.dot_ids
+            if self._num.endswith("."):
+                ids = [i for i in self.t.digit_ids if len(self.t.strings[i]) == 1]
+            return ids
+        return None
+
+    # -- consume ----------------------------------------------------------------------------------------------------
+    def advance(self, token_id: int) -> None:
+        if self.done:
+            return
+        s = self.t.strings[token_id]
+        kind, arg = self.steps[self.pos]
+        if kind == "literal":
+            self._consume_literal(s)
+        elif kind == "eos":
+            self._next()
+        elif kind == "choice":
+            if '"' in s:  # the act is complete; this token opens the following literal
+                self.fields["action"] = self._choice_name()
+                self._next()
+                self._consume_literal(s)
+            else:
+                self._choice_tokens.append(token_id)
+        elif kind == "text":
+            name = arg[0]  # type: ignore[index]
+            if '"' in s:
+                before, _, after = s.partition('"')
+                self._text_buf.append(before)
+                self.fields[name] = "".join(self._text_buf).strip()
+                self._next()
+                self._consume_literal('"' + after)
+            else:
+                self._text_buf.append(s)
+                self._text_tokens += 1
+        elif kind == "number":
+            if self._null_pos or (not self._num and token_id == self.t.null_id_seq[0]):
+                self._null_pos += 1
+                if self._null_pos >= len(self.t.null_id_seq):
+                    self.fields["price"] = None
+                    self._next()
+            elif s == "}":
+                self.fields["price"] = float(self._num.rstrip("."))
+                self._next()
+                self._consume_literal(s)
+            else:
+                self._num += s
+
+    def _choice_name(self) -> str:
+        for act, seq in self.t.choice_seqs.items():
+            if seq == self._choice_tokens:
+                return act
+        return "unknown"
+
+
+class TurnMachineProcessor:
+    """A transformers ``LogitsProcessor`` driving one :class:`TurnMachine` per row of the batch."""
+
+    def __init__(self, machines: list[TurnMachine]):
+        self.machines = machines
+        self._started = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._started:
+            last = input_ids[:, -1].tolist()
+            for m, tok in zip(self.machines, last):
+                m.advance(tok)
+        self._started = True
+        neg = torch.finfo(scores.dtype).min
+        for row, m in enumerate(self.machines):
+            allowed = m.allowed()
+            if allowed is None:
+                continue
+            if isinstance(allowed, torch.Tensor):
+                scores[row].masked_fill_(~allowed[: scores.shape[1]], neg)
+            else:
+                keep = scores[row, allowed].clone()
+                scores[row].fill_(neg)
+                scores[row, allowed] = keep
+        return scores
+
+
+def max_reply_tokens(cot: bool, max_utterance_tokens: int, max_reasoning_tokens: int) -> int:
+    """An upper bound on the tokens the machine can emit (punctuation, act, price, free text, eos)."""
+    return 40 + max_utterance_tokens + (max_reasoning_tokens + 10 if cot else 0)

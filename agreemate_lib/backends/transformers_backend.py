@@ -1,0 +1,207 @@
+"""Local models with Hugging Face transformers: real batched ``generate`` with left padding and structured output."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+from .base import BackendError, ChatBackend, ChatRequest, Completion, GenerationSettings
+from .embedded_model import resolve_model_path
+
+_MODELS: dict[tuple, tuple] = {}
+_LOCK = threading.Lock()
+
+
+def auto_dtype(device: str):
+    """bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+            return torch.bfloat16
+    except AttributeError:
+        pass
+    return torch.float32
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype in ("auto", "", None):
+        return auto_dtype(device)
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ValueError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+    return table[dtype]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device in ("auto", "", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def file_digest(path: str | Path) -> str:
+    """Content hash of a file or of a folder's files (for adapters: provenance and cache keys)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_model(model: str, *, dtype: str = "auto", device: str = "auto", quantization: str | None = None,
+               adapter: str | None = None, attn_implementation: str | None = None):
+    """Load (once per process) a tokenizer and a causal LM; the same base is shared by every agent that names it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    key = (path, str(torch_dtype), dev, quantization, adapter, attn_implementation)
+    with _LOCK:
+        if key in _MODELS:
+            return _MODELS[key]
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        kwargs: dict = {"dtype": torch_dtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if quantization in ("nf4", "4bit"):
+            try:
+                from transformers import BitsAndBytesConfig
+
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
+                )
+                kwargs["device_map"] = {"": dev}
+            except Exception as exc:  # noqa: BLE001 - report the real cause
+                raise BackendError(f"4-bit nf4 needs bitsandbytes with a backend for {dev}: {exc}") from exc
+        elif quantization:
+            raise ValueError(f"quantization must be None or 'nf4', got {quantization!r}")
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise BackendError(f"could not load model {model!r} (resolved to {path}): {exc}") from exc
+        if not quantization:
+            lm.to(dev)
+        if adapter:
+            from peft import PeftModel
+
+            if not Path(adapter).exists():
+                raise FileNotFoundError(f"LoRA adapter not found: {adapter}")
+            lm = PeftModel.from_pretrained(lm, adapter)
+        lm.eval()
+        _MODELS[key] = (tok, lm)
+        return tok, lm
+
+
+class TransformersBackend(ChatBackend):
+    def __init__(self, model: str = "smollm2", *, adapter: str | None = None, dtype: str = "auto",
+                 device: str = "auto", quantization: str | None = None, structured: bool = True,
+                 batch_size: int = 32):
+        self.model_name = model or "smollm2"
+        self.adapter = adapter
+        self.structured = structured
+        self.batch_size = max(1, batch_size)
+        self.tokenizer, self.model = load_model(
+            self.model_name, dtype=dtype, device=device, quantization=quantization, adapter=adapter
+        )
+        self.device = next(self.model.parameters()).device
+        self.model_id = self.model_name + (f"+lora:{file_digest(adapter)}" if adapter else "")
+        self._table = None
+
+    @property
+    def table(self):
+        if self._table is None:
+            from .structured import TokenTable
+
+            self._table = TokenTable.build(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+        return self._table
+
+    def prompt_text(self, req: ChatRequest) -> str:
+        from .structured import assistant_prefix
+
+        text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        return text + (assistant_prefix(req.reply_format.cot) if self.structured else "")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
+        prompts = [self.prompt_text(r) for r in requests]
+        lengths = [len(p) for p in prompts]
+        order = sorted(range(len(requests)), key=lambda i: lengths[i])  # similar lengths together: less padding
+        results: list[Completion | None] = [None] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            outs = self._generate_batch([requests[i] for i in idx], [prompts[i] for i in idx], settings)
+            for i, c in zip(idx, outs):
+                results[i] = c
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, reqs: list[ChatRequest], prompts: list[str], settings: GenerationSettings):
+        import torch
+        from transformers import LogitsProcessorList
+
+        from .structured import TurnMachine, TurnMachineProcessor, assistant_prefix, max_reply_tokens
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        seed_src = f"{settings.seed}|" + "|".join(r.key for r in reqs)
+        torch.manual_seed(int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16))
+        gen_kwargs: dict = {
+            "max_new_tokens": settings.max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "repetition_penalty": settings.repetition_penalty,
+        }
+        if settings.greedy:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        machines = None
+        if self.structured:
+            machines = [
+                TurnMachine(self.table, r.reply_format.cot, r.reply_format.max_utterance_tokens,
+                            r.reply_format.max_reasoning_tokens)
+                for r in reqs
+            ]
+            bound = max(max_reply_tokens(r.reply_format.cot, r.reply_format.max_utterance_tokens,
+                                         r.reply_format.max_reasoning_tokens) for r in reqs)
+            gen_kwargs["max_new_tokens"] = max(settings.max_new_tokens, bound)
+            gen_kwargs["logits_processor"] = LogitsProcessorList([TurnMachineProcessor(machines)])
+        else:
+            gen_kwargs["stop_strings"] = ["}"]
+            gen_kwargs["tokenizer"] = self.tokenizer
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **gen_kwargs)
+        new = out[:, enc["input_ids"].shape[1] :]
+        completions = []
+        for row, req in enumerate(reqs):
+            ids = new[row].tolist()
+            n_out = len(ids)
+            if self.tokenizer.eos_token_id in ids:
+                n_out = ids.index(self.tokenizer.eos_token_id) + 1
+            text = self.tokenizer.decode(ids[:n_out], skip_special_tokens=True)
+            prefix = assistant_prefix(req.reply_format.cot) if self.structured else ""
+            structured = bool(machines and machines[row].complete)
+            completions.append(
+                Completion(
+                    text=prefix + text,
+                    tokens_in=int(enc["attention_mask"][row].sum()),
+                    tokens_out=n_out,
+                    structured=structured,
+                )
+            )
+        return completions

@@ -1,0 +1,288 @@
+"""Turning a model's reply into a turn: tolerant JSON parsing and price extraction.
+
+Public entry point: :func:`parse_turn`. Pure functions, no model needed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .vocabulary import PRICED_ACTS, normalize_action
+
+
+class PriceError(ValueError):
+    """A price that cannot be a price (negative, not finite)."""
+
+
+@dataclass(frozen=True)
+class ParsedTurn:
+    action: str
+    utterance: str
+    price: float | None
+    reasoning: str | None
+    ok: bool
+    error: str | None = None
+    #: False when the reply named an action outside the vocabulary (mapped to ``unknown`` and flagged).
+    action_known: bool = True
+    #: The action string as the model wrote it.
+    raw_action: str | None = None
+
+
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_PRICE_RE = re.compile(
+    rf"(?P<neg>-\s*)?(?P<cur>\$|usd\s*|us\$)?\s*(?P<num>{_NUM}|\.\d+)\s*(?P<k>k\b|thousand\b)?\s*(?P<unit>dollars?|bucks|usd)?",
+    re.IGNORECASE,
+)
+# Numbers followed by one of these are quantities, not prices.
+_NOT_PRICE_AFTER = re.compile(
+    r"^\s*(?:%|percent|miles?|mi\b|km|years?|yrs?|months?|weeks?|days?|hours?|minutes?|gb|tb|mb|inch|inches|in\b|"
+    r"\"|ft|feet|lbs?|pounds|oz|mm|cm|x\b|sq|bed|bath|br\b|ba\b|people|times|owners?|pieces?|pcs|st\b|nd\b|rd\b|th\b)",
+    re.IGNORECASE,
+)
+
+
+def parse_price(value: Any) -> float | None:
+    """One price from a JSON value or a string: ``1200``, ``"$1,200"``, ``"1.2k"``, ``"$45.99"``, ``"300 dollars"``.
+
+    Returns None for null-like values ("null", "none", "n/a", "", -1 as the published runs' "no price").
+    Raises :class:`PriceError` for a negative or non-finite price.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        x = float(value)
+        if x == -1:
+            return None
+        if not math.isfinite(x):
+            raise PriceError(f"price is not finite: {value!r}")
+        if x < 0:
+            raise PriceError(f"price is negative: {value!r}")
+        return x if x > 0 else None
+    text = str(value).strip()
+    if not text or text.lower() in {"null", "none", "n/a", "na", "nan", "-", "no price", "-1", "-1.0"}:
+        return None
+    m = _PRICE_RE.search(text)
+    if not m:
+        return None
+    x = _match_value(m)
+    if m.group("neg") and (m.start("neg") == 0 or text[: m.start("neg")].strip() in {"", "$"}):
+        raise PriceError(f"price is negative: {value!r}")
+    return x
+
+
+def _match_value(m: re.Match[str]) -> float:
+    num = m.group("num").replace(",", "")
+    x = float(num)
+    if m.group("k"):
+        x *= 1000.0
+    return round(x, 2)
+
+
+def extract_prices(text: str) -> list[float]:
+    """Every price mentioned in free text, in order.
+
+    Amounts marked with ``$``/``USD``/``dollars``/``k`` always count; bare numbers count unless followed by a unit
+    (miles, years, GB, %, ...) or looking like a model year next to the word it qualifies.
+    """
+    if not text:
+        return []
+    out: list[float] = []
+    for m in _PRICE_RE.finditer(text):
+        marked = bool(m.group("cur") or m.group("k") or m.group("unit"))
+        if not marked:
+            after = text[m.end("num") :]
+            if _NOT_PRICE_AFTER.match(after):
+                continue
+            num = m.group("num")
+            # 4-digit 19xx/20xx followed by a capitalised word is a model year ("2006 Toyota").
+            if re.fullmatch(r"(19|20)\d\d", num) and re.match(r"\s+[A-Z]", after):
+                continue
+            # Part of an identifier or a version ("iPhone 7", "HERO4", "v2.0"): preceded directly by a letter.
+            if m.start("num") > 0 and text[m.start("num") - 1].isalpha():
+                continue
+            if float(num.replace(",", "")) == 0:
+                continue
+        out.append(_match_value(m))
+    return out
+
+
+def price_from_utterance(text: str) -> float | None:
+    """The price an utterance proposes: the last ``$``-marked amount if any, else the last plausible number."""
+    if not text:
+        return None
+    marked = [
+        _match_value(m) for m in _PRICE_RE.finditer(text) if m.group("cur") or m.group("k") or m.group("unit")
+    ]
+    if marked:
+        return marked[-1]
+    found = extract_prices(text)
+    return found[-1] if found else None
+
+
+_FENCE_RE = re.compile(r"```(?:json|JSON|python)?\s*(.*?)```", re.DOTALL)
+_LABEL_RE = re.compile(
+    r"^\s*[-*#>\s]*\**\s*(?P<key>action|act|dialogue[ _-]?act|intent|utterance|message|response|say|text|price|offer|"
+    r"reasoning|thought|thoughts|rationale)\s*\**\s*[:=]\s*\**\s*(?P<val>.*?)\s*$",
+    re.IGNORECASE,
+)
+_KEY_GROUPS = {
+    "action": ("action", "act", "dialogue_act", "dialogue-act", "dialogueact", "dialogue act", "intent"),
+    "utterance": ("utterance", "message", "response", "say", "text"),
+    "price": ("price", "offer", "amount", "offer_price"),
+    "reasoning": ("reasoning", "thought", "thoughts", "rationale"),
+}
+
+
+def _balanced_objects(text: str) -> list[str]:
+    """Every top-level ``{...}`` substring, honouring quotes."""
+    objs: list[str] = []
+    depth = 0
+    start = -1
+    quote: str | None = None
+    esc = False
+    for i, ch in enumerate(text):
+        if quote:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == quote:
+                quote = None
+            continue
+        if ch in "\"'" and depth > 0:
+            # an apostrophe inside a word (it's) is not a quote
+            if ch == "'" and i > 0 and text[i - 1].isalnum() and i + 1 < len(text) and text[i + 1].isalnum():
+                continue
+            quote = ch
+        elif ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth > 0:
+            depth -= 1
+            if depth == 0:
+                objs.append(text[start : i + 1])
+    if depth > 0 and start >= 0:  # truncated object: try to close it
+        tail = text[start:]
+        if quote:
+            tail += quote
+        objs.append(tail + "}" * depth)
+    return objs
+
+
+def _load_object(s: str) -> dict[str, Any] | None:
+    s2 = re.sub(r",\s*}", "}", s)
+    for attempt in (s2, s2.replace("\n", " ")):
+        try:
+            obj = json.loads(attempt)
+            if isinstance(obj, dict):
+                return obj
+        except json.JSONDecodeError:
+            pass
+        try:
+            fixed = re.sub(r"\bnull\b", "None", re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", attempt)))
+            obj = ast.literal_eval(fixed)
+            if isinstance(obj, dict):
+                return obj
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            pass
+    return None
+
+
+def _pick(obj: dict[str, Any], group: str) -> tuple[bool, Any]:
+    lowered = {str(k).strip().lower(): v for k, v in obj.items()}
+    for key in _KEY_GROUPS[group]:
+        if key in lowered:
+            return True, lowered[key]
+    return False, None
+
+
+def _labelled_fields(text: str) -> dict[str, Any]:
+    """``Action: offer`` / ``**Price:** $20`` style lines."""
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        m = _LABEL_RE.match(line)
+        if not m:
+            continue
+        key = m.group("key").lower().replace(" ", "_").replace("-", "_")
+        val = m.group("val").strip().strip("*").strip()
+        if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
+            val = val[1:-1]
+        for group, keys in _KEY_GROUPS.items():
+            if key in keys or key.replace("_", " ") in keys:
+                found.setdefault(group, val)
+    return found
+
+
+def parse_turn(raw_text: str) -> ParsedTurn:
+    """Parse a model reply into (action, utterance, price, reasoning).
+
+    Accepts JSON (possibly in code fences, with single quotes, trailing commas or trailing text, or truncated),
+    or ``Action: ... / Utterance: ... / Price: ...`` lines. A price is taken from the ``price`` field, else from
+    the utterance (with or without ``$``). Never raises: failures come back with ``ok=False`` and ``error`` set.
+    """
+    if raw_text is None or not str(raw_text).strip():
+        return ParsedTurn("unknown", "", None, None, ok=False, error="empty reply", action_known=False)
+    text = str(raw_text)
+    fields: dict[str, Any] = {}
+    candidates: list[str] = []
+    for fence in _FENCE_RE.findall(text):
+        candidates.extend(_balanced_objects(fence))
+    candidates.extend(_balanced_objects(text))
+    for cand in candidates:
+        obj = _load_object(cand)
+        if obj is None:
+            continue
+        has_action, action = _pick(obj, "action")
+        if not has_action:
+            continue
+        fields["action"] = action
+        for group in ("utterance", "price", "reasoning"):
+            present, val = _pick(obj, group)
+            if present:
+                fields[group] = val
+        break
+    if "action" not in fields:
+        fields = _labelled_fields(text) | fields
+    if "action" not in fields:
+        return ParsedTurn(
+            "unknown", text.strip()[:2000], None, None, ok=False, error="no action found in reply", action_known=False
+        )
+
+    raw_action = fields.get("action")
+    action, known = normalize_action(None if raw_action is None else str(raw_action))
+    utterance = fields.get("utterance")
+    utterance = "" if utterance is None else str(utterance).strip()
+    reasoning = fields.get("reasoning")
+    reasoning = None if reasoning is None else str(reasoning).strip() or None
+
+    error = None
+    price: float | None = None
+    try:
+        price = parse_price(fields.get("price"))
+    except PriceError as exc:
+        error = str(exc)
+    if price is None and error is None and action in PRICED_ACTS:
+        price = price_from_utterance(utterance)
+    ok = error is None
+    if ok and not known:
+        error = f"action {raw_action!r} is not in the vocabulary"
+    if ok and action in PRICED_ACTS and price is None:
+        ok, error = False, f"action {action!r} needs a price but none was given"
+    if ok and not utterance and action not in ("accept", "reject", "quit"):
+        ok, error = False, "empty utterance"
+    return ParsedTurn(
+        action=action,
+        utterance=utterance,
+        price=price,
+        reasoning=reasoning,
+        ok=ok,
+        error=error,
+        action_known=known,
+        raw_action=None if raw_action is None else str(raw_action),
+    )

@@ -1,0 +1,137 @@
+"""What an LLM agent is told: its role, its knowledge base, the reply contract, scaled examples, the conversation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from .vocabulary import CHOOSABLE_ACTS
+
+PERSONALITIES: dict[str, str] = {
+    "": "",
+    "aggressive": (
+        "Personality: aggressive. Goal: get as close to your target as possible, whatever it takes. Concession style: "
+        "hold your price, concede rarely, in small steps, and only late in the conversation. Conflict: you do not mind "
+        "pushing back hard and you are ready to walk away from a bad deal."
+    ),
+    "fair": (
+        "Personality: fair. Goal: a price both sides can accept, near the middle of your positions. Concession style: "
+        "match the other side's concessions step for step and explain your reasons. Conflict: stay polite and "
+        "look for a split that is fair to both."
+    ),
+    "passive": (
+        "Personality: passive. Goal: close the deal smoothly rather than win every dollar. Concession style: concede "
+        "readily in generous steps. Conflict: avoid escalation, agree where you can, and never argue."
+    ),
+}
+
+
+def _money(x: float) -> str:
+    return f"${x:,.0f}" if x >= 100 or float(x).is_integer() else f"${x:,.2f}"
+
+
+def _round(x: float) -> float:
+    if x >= 1000:
+        return float(round(x / 10) * 10)
+    if x >= 20:
+        return float(round(x))
+    return round(x, 1)
+
+
+def few_shot_examples(role: str, listing_price: float, cot: bool) -> list[dict[str, Any]]:
+    """Example replies whose prices scale with the listing (never fixed dollar amounts)."""
+    L = listing_price
+    if role == "buyer":
+        ex = [
+            {"action": "inquire", "utterance": "Hi! Is it still available, and what condition is it in?", "price": None},
+            {"action": "offer", "utterance": f"Would you take {_money(_round(0.75 * L))} for it?",
+             "price": _round(0.75 * L)},
+            {"action": "counter-price", "utterance": f"That's too much for me. I could go to {_money(_round(0.82 * L))}.",
+             "price": _round(0.82 * L)},
+        ]
+    else:
+        ex = [
+            {"action": "inform", "utterance": "Yes, it's in great shape and works perfectly.", "price": None},
+            {"action": "counter-price", "utterance": f"I can't go that low, but I could do {_money(_round(0.95 * L))}.",
+             "price": _round(0.95 * L)},
+            {"action": "insist", "utterance": f"{_money(_round(0.92 * L))} is my best price, it's worth it.",
+             "price": _round(0.92 * L)},
+        ]
+    if cot:
+        thoughts = ["I should learn more before naming a price.", "Open well below my limit to leave room.",
+                    "Concede a little, but stay near my target."]
+        ex = [{"reasoning": t} | e for t, e in zip(thoughts, ex)]
+    return ex
+
+
+def system_prompt(role: str, view: dict[str, Any], personality: str = "", cot: bool = False,
+                  max_turns: int = 15) -> str:
+    other = "seller" if role == "buyer" else "buyer"
+    goal = (
+        f"You are the buyer. Buy the item for as little as possible; your target price is {_money(view['target'])}."
+        if role == "buyer"
+        else f"You are the seller. Sell the item for as much as possible; your target price is "
+        f"{_money(view['target'])} and you never accept less than {_money(view['bottom_line'])}."
+    )
+    desc = (view.get("description") or "")[:600]
+    fields = '"reasoning" (a short private thought, never shown to the other side), ' if cot else ""
+    lines = [
+        f"You are negotiating on Craigslist with a {other}, one message at a time, at most {max_turns} messages in all.",
+        goal,
+        "Keep your target price secret.",
+        PERSONALITIES.get(personality, ""),
+        "",
+        "The listing:",
+        f"- Title: {view['title']}",
+        f"- Category: {view['category']}",
+        f"- Listing price: {_money(view['listing_price'])}",
+        f"- Description: {desc}",
+        "",
+        f"Reply with one JSON object and nothing else, with the keys {fields}\"action\", \"utterance\" and \"price\".",
+        f"\"action\" is one of: {', '.join(CHOOSABLE_ACTS)}. Use accept only to take the {other}'s latest price.",
+        "\"price\" is the number you propose in this message, or null.",
+        "Examples:",
+        *(json.dumps(e) for e in few_shot_examples(role, view["listing_price"], cot)),
+    ]
+    return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")
+
+
+def turn_note(turns_left: int) -> str:
+    return f"[{turns_left} message{'s' if turns_left != 1 else ''} left in the negotiation.]"
+
+
+def describe_other_turn(speaker: str, action: str, utterance: str, price: float | None) -> str:
+    """How the other side's turn reads: its words, or the event for accept/reject/quit with no words."""
+    if utterance:
+        return utterance
+    if action == "accept":
+        return f"[The {speaker} accepts.]"
+    if action in ("reject", "quit"):
+        return f"[The {speaker} walks away.]"
+    return f"[The {speaker} proposes {_money(price)}.]" if price is not None else f"[The {speaker} says nothing.]"
+
+
+def build_messages(role: str, system: str, history: Sequence[dict[str, Any]], turns_left: int,
+                   opens: bool) -> list[dict[str, str]]:
+    """Chat messages for one turn: own turns as assistant (their JSON), the other side's as user (their words).
+
+    The other side's reasoning is never shown. A note with the turns left ends the last user message.
+    """
+    msgs: list[dict[str, str]] = [{"role": "system", "content": system}]
+    if opens:
+        msgs.append({"role": "user", "content": f"[You start the conversation.]"})
+    for t in history:
+        if t["speaker"] == role:
+            reply = {k: t[k] for k in ("action", "utterance", "price")}
+            if t.get("reasoning"):
+                reply = {"reasoning": t["reasoning"]} | reply
+            msgs.append({"role": "assistant", "content": json.dumps(reply)})
+        else:
+            msgs.append({"role": "user",
+                         "content": describe_other_turn(t["speaker"], t["action"], t["utterance"], t["price"])})
+    note = turn_note(turns_left)
+    if msgs[-1]["role"] == "user":
+        msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + note}
+    else:  # should not happen with alternating turns; keep the chat valid anyway
+        msgs.append({"role": "user", "content": note})
+    return msgs

@@ -1,0 +1,168 @@
+"""Reading the AgreeMate paper's published result CSVs (and any file in that layout)."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .metrics import NegotiationOutcome, negotiation_metrics
+from .vocabulary import normalize_action
+
+csv.field_size_limit(2**31 - 1)
+
+#: Stored metric columns of the published CSVs and our metric names.
+STORED_COLUMNS = {
+    "fairness": "fairness",
+    "bias": "bias",
+    "aggressiveness": "aggressiveness",
+    "probing_ratio": "probing_ratio",
+    "concession_rate": "concession_rate",
+    "bias_cond_dialogue_length": "bias_per_turn",
+    "rel_efficiency": "relative_efficiency",
+    "dialogue_length": "dialogue_length",
+}
+REQUIRED_COLUMNS = ("listing_price", "buyer_target", "seller_target", "outcome", "prices", "actions")
+
+
+class PublishedRunError(ValueError):
+    pass
+
+
+@dataclass
+class PublishedRow:
+    file: str
+    row: int
+    scenario_id: str
+    title: str
+    category: str
+    outcome: NegotiationOutcome
+    raw_actions: list[str]
+    stored: dict[str, float]  # stored metric values (NaN where blank)
+    transcript: str
+    accepted_without_price: bool = False
+    legacy_layout: bool = False  # the older 19-column layout, without concession_rate / rel_efficiency
+
+    def outcome_for(self, mode: str) -> NegotiationOutcome:
+        """The outcome as a formula mode sees it.
+
+        Paper modes reproduce the paper's code: only the exact string ``inquire`` counts as probing (raw actions),
+        and in the older 19-column layout (1B and ``finetune-3B`` files) an "Accepted" row with no price was scored
+        at the listing price (the later code left it blank). The corrected mode treats that row as
+        no deal (and :attr:`accepted_without_price` flags it).
+        """
+        if mode == "corrected":
+            return self.outcome
+        o = replace(self.outcome, actions=list(self.raw_actions))
+        if self.accepted_without_price and self.legacy_layout:
+            o = replace(o, agreed=True, accepted_price=o.listing_price)
+        return o
+
+    @property
+    def n_unknown_actions(self) -> int:
+        return sum(1 for a in self.raw_actions if not normalize_action(a)[1])
+
+
+def _float_or_nan(s: Any) -> float:
+    if s is None:
+        return math.nan
+    s = str(s).strip()
+    if s in ("", "N/A", "nan", "None"):
+        return math.nan
+    return float(s)
+
+
+def _literal_list(s: str, path: Path, row: int, column: str) -> list:
+    try:
+        val = ast.literal_eval(s) if s.strip() else []
+    except (ValueError, SyntaxError) as exc:
+        raise PublishedRunError(f"{path.name} row {row}: column {column!r} is not a list literal: {exc}") from None
+    if not isinstance(val, list):
+        raise PublishedRunError(f"{path.name} row {row}: column {column!r} is not a list")
+    return val
+
+
+def read_published_csv(path: str | Path) -> list[PublishedRow]:
+    """Rows of one AgreeMate-format result CSV. Speakers alternate, buyer first, as in the paper's runner."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"result CSV not found: {path}")
+    out: list[PublishedRow] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PublishedRunError(f"{path.name}: missing column(s) {missing}; found {reader.fieldnames}")
+        for i, r in enumerate(reader):
+            actions = [str(a) for a in _literal_list(r["actions"], path, i, "actions")]
+            prices = _literal_list(r["prices"], path, i, "prices")
+            mapped = [normalize_action(a)[0] for a in actions]
+            ap = _float_or_nan(r.get("accepted_price"))
+            agreed = str(r["outcome"]).strip().lower() == "accepted" and math.isfinite(ap)
+            outcome = NegotiationOutcome(
+                listing_price=float(r["listing_price"]),
+                buyer_target=float(r["buyer_target"]),
+                seller_target=float(r["seller_target"]),
+                agreed=agreed,
+                accepted_price=ap if agreed else None,
+                actions=mapped,
+                prices=[None if p in (-1, -1.0, None) else float(p) for p in prices],
+                speakers=["buyer" if k % 2 == 0 else "seller" for k in range(len(actions))],
+            )
+            stored = {ours: _float_or_nan(r[col]) for col, ours in STORED_COLUMNS.items() if col in r}
+            out.append(
+                PublishedRow(
+                    file=path.name,
+                    row=i,
+                    scenario_id=r.get("scenario_id") or f"{path.stem}-{i}",
+                    title=r.get("title", ""),
+                    category=r.get("category", ""),
+                    outcome=outcome,
+                    raw_actions=actions,
+                    stored=stored,
+                    transcript=r.get("transcript", ""),
+                    legacy_layout="concession_rate" not in (reader.fieldnames or []),
+                    accepted_without_price=str(r["outcome"]).strip().lower() == "accepted" and not math.isfinite(ap),
+                )
+            )
+    return out
+
+
+def _close(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
+
+
+def detect_paper_variant(rows: list[PublishedRow]) -> str:
+    """Which version of the paper's metric code produced a file: ``paper`` or ``paper-signed``.
+
+    The published files come from two code versions (absolute vs signed price steps in the concession rate and in
+    relative efficiency); pick the one whose recomputation matches the stored columns on more cells.
+    """
+    scores = {}
+    for mode in ("paper", "paper-signed"):
+        scores[mode] = sum(
+            _close(negotiation_metrics(r.outcome_for(mode), mode)[k], v)  # type: ignore[arg-type]
+            for r in rows
+            for k, v in r.stored.items()
+            if k in ("concession_rate", "relative_efficiency")
+        )
+    return max(scores, key=lambda m: (scores[m], m == "paper"))
+
+
+def pair_from_filename(name: str) -> tuple[str, str]:
+    """``baseline-3B-buyer+baseline-COT-8B-seller.csv`` → (``baseline-3b-buyer``, ``baseline-cot-8b-seller``)."""
+    stem = re.sub(r"_updated$", "", Path(name).stem)
+    if "+" not in stem:
+        return stem.lower(), stem.lower()
+    b, s = stem.split("+", 1)
+    return b.lower(), s.lower()
+
+
+def is_cot_pair(name: str) -> bool:
+    return "cot" in Path(name).stem.lower()

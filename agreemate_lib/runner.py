@@ -1,0 +1,219 @@
+"""Running negotiations: all negotiations of a model pair advance in lockstep, one batched call per side per turn.
+
+Termination rules (see docs/metrics.md):
+- ``accept`` ends the negotiation; the accepted price is the most recent price proposed by the *other* side. An
+  accept with no standing offer from the other side ends it with no deal and the anomaly ``accept_without_offer``.
+- ``reject`` / ``quit`` end it with no deal (outcome ``rejected`` / ``quit``).
+- Reaching ``max_turns`` ends it with no deal (outcome ``no_deal``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from .agents import Agent
+from .scenarios import Scenario
+from .transcripts import Negotiation, Turn
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    max_turns: int = 15
+    buyer_opens: bool = True
+    seed: int = 0
+    replicates: int = 1
+    mode: Literal["batched", "naive"] = "batched"
+
+    def __post_init__(self):
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {self.max_turns}")
+        if self.mode not in ("batched", "naive"):
+            raise ValueError(f"mode must be 'batched' or 'naive', got {self.mode!r}")
+
+
+def negotiation_id(buyer_id: str, seller_id: str, scenario_id: str, replicate: int) -> str:
+    return f"{buyer_id}+{seller_id}:{scenario_id}:r{replicate}"
+
+
+def other_role(role: str) -> str:
+    return "seller" if role == "buyer" else "buyer"
+
+
+def last_price_by(turns: Sequence[Turn], speaker: str) -> float | None:
+    for t in reversed(turns):
+        if t.speaker == speaker and t.price is not None:
+            return t.price
+    return None
+
+
+def apply_turn(neg: Negotiation, turn: Turn, max_turns: int) -> bool:
+    """Append a turn and apply the termination rules. Returns True when the negotiation has ended."""
+    neg.turns.append(turn)
+    if turn.action == "accept":
+        price = last_price_by(neg.turns[:-1], other_role(turn.speaker))
+        neg.ended_by = turn.speaker
+        if price is None:
+            neg.outcome = "no_deal"
+            neg.anomalies.append(f"accept_without_offer@turn{turn.index}")
+        else:
+            neg.outcome, neg.accepted_price = "accepted", price
+        return True
+    if turn.action in ("reject", "quit"):
+        neg.outcome = "rejected" if turn.action == "reject" else "quit"
+        neg.ended_by = turn.speaker
+        return True
+    if len(neg.turns) >= max_turns:
+        neg.outcome = "no_deal"
+        return True
+    return False
+
+
+class _Live:
+    def __init__(self, neg: Negotiation, scenario: Scenario):
+        self.neg = neg
+        self.scenario = scenario
+        self.started = time.perf_counter()
+
+    def state(self, role: str, cfg: RunConfig) -> dict[str, Any]:
+        turns = self.neg.turns
+        other = other_role(role)
+        return {
+            "negotiation_id": self.neg.negotiation_id,
+            "view": self.scenario.view_for(role),
+            "turn": len(turns),
+            "max_turns": cfg.max_turns,
+            "opens": len(turns) == 0,
+            "history": [
+                {"speaker": t.speaker, "action": t.action, "utterance": t.utterance, "price": t.price,
+                 "reasoning": t.reasoning if t.speaker == role else None}
+                for t in turns
+            ],
+            "other_last_price": last_price_by(turns, other),
+            "own_last_price": last_price_by(turns, role),
+            "own_priced_turns": sum(1 for t in turns if t.speaker == role and t.price is not None),
+        }
+
+
+def _speaker(turn_index: int, buyer_opens: bool) -> str:
+    return ("buyer" if buyer_opens else "seller") if turn_index % 2 == 0 else ("seller" if buyer_opens else "buyer")
+
+
+def _make_turn(index: int, speaker: str, parsed, info: dict[str, Any]) -> Turn:
+    return Turn(
+        index=index,
+        speaker=speaker,
+        action=parsed.action,
+        utterance=parsed.utterance,
+        price=parsed.price,
+        reasoning=parsed.reasoning,
+        raw_output=info["raw"],
+        parse_ok=parsed.ok,
+        action_known=parsed.action_known,
+        error=parsed.error,
+        retries=info["retries"],
+        structured=info["structured"],
+        tokens_in=info["tokens_in"],
+        tokens_out=info["tokens_out"],
+    )
+
+
+def _step(agents: dict[str, Agent], live: list[_Live], cfg: RunConfig, turn_index: int) -> list[_Live]:
+    """Advance every live negotiation by one turn with a single batched call; return the ones still live."""
+    role = _speaker(turn_index, cfg.buyer_opens)
+    states = [lv.state(role, cfg) for lv in live]
+    results = agents[role].act(role, states, seed=cfg.seed + 7919 * turn_index)
+    still = []
+    for lv, (parsed, info) in zip(live, results):
+        turn = _make_turn(len(lv.neg.turns), role, parsed, info)
+        if not parsed.ok:
+            lv.neg.anomalies.append(f"parse_failure@turn{turn.index}")
+        if apply_turn(lv.neg, turn, cfg.max_turns):
+            lv.neg.wall_s = time.perf_counter() - lv.started
+        else:
+            still.append(lv)
+    return still
+
+
+def load_checkpoint(path: Path) -> dict[str, Negotiation]:
+    """Finished negotiations saved by an earlier (interrupted) run."""
+    done: dict[str, Negotiation] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a crash
+        d["turns"] = [Turn(**t) for t in d["turns"]]
+        done[d["negotiation_id"]] = Negotiation(**d)
+    return done
+
+
+def run_negotiations(
+    scenarios: Sequence[Scenario],
+    buyer: Agent,
+    seller: Agent,
+    cfg: RunConfig = RunConfig(),
+    progress: bool = False,
+    checkpoint: str | Path | None = None,
+    on_finished: Callable[[Negotiation], None] | None = None,
+) -> list[Negotiation]:
+    """Run every scenario (times ``cfg.replicates``) between ``buyer`` and ``seller``.
+
+    Batched mode advances all negotiations in lockstep (one generation call per side per turn, finished dialogues
+    dropped); naive mode runs one dialogue at a time with one call per turn, as the paper did. With ``checkpoint``,
+    each finished negotiation is appended to that JSON-lines file and a rerun skips the ones already there.
+    """
+    agents = {"buyer": buyer, "seller": seller}
+    ckpt = Path(checkpoint) if checkpoint else None
+    done = load_checkpoint(ckpt) if ckpt else {}
+    all_negs: list[Negotiation] = []
+    todo: list[_Live] = []
+    for rep in range(cfg.replicates):
+        for sc in scenarios:
+            nid = negotiation_id(buyer.id, seller.id, sc.scenario_id, rep)
+            if nid in done:
+                all_negs.append(done[nid])
+                continue
+            neg = Negotiation(nid, sc.to_dict(), buyer.id, seller.id, cfg.seed, rep)
+            all_negs.append(neg)
+            todo.append(_Live(neg, sc))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"{buyer.id} vs {seller.id}", unit="neg")
+
+    def finish(lv: _Live) -> None:
+        if ckpt:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            with ckpt.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(asdict(lv.neg), default=str) + "\n")
+        if on_finished:
+            on_finished(lv.neg)
+        if bar:
+            bar.update(1)
+
+    groups: Iterable[list[_Live]] = [todo] if cfg.mode == "batched" else [[lv] for lv in todo]
+    for group in groups:
+        live = list(group)
+        for t in range(cfg.max_turns):
+            if not live:
+                break
+            if bar:
+                bar.set_postfix(turn=t + 1, live=len(live))
+            still = _step(agents, live, cfg, t)
+            for lv in live:
+                if lv not in still:
+                    finish(lv)
+            live = still
+    if bar:
+        bar.close()
+    return all_negs
