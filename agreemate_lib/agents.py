@@ -66,8 +66,12 @@ class AgentSpec(BaseModel):
     def generation(self, seed: int) -> GenerationSettings:
         return GenerationSettings(self.temperature, self.top_p, self.max_new_tokens, seed, self.repetition_penalty)
 
-    def reply_format(self) -> ReplyFormat:
-        return ReplyFormat(self.cot, self.max_utterance_tokens, self.max_reasoning_tokens)
+    def reply_format(self, state: dict[str, Any] | None = None) -> ReplyFormat:
+        if state is None:
+            return ReplyFormat(self.cot, self.max_utterance_tokens, self.max_reasoning_tokens)
+        return ReplyFormat(self.cot, self.max_utterance_tokens, self.max_reasoning_tokens,
+                           allowed_acts=allowed_acts(state), price_digits=price_digits(state["view"]["listing_price"]))
+
 
     def config_hash(self) -> str:
         """Content hash of everything that shapes the agent's behaviour (not its id, notes or enabled flag)."""
@@ -79,6 +83,35 @@ class AgentSpec(BaseModel):
             if Path(self.adapter).exists():
                 payload["adapter_digest"] = file_digest(self.adapter)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def allowed_acts(state: dict[str, Any]) -> tuple[str, ...]:
+    """Acts that make sense now (enforced by structured generation, so a small model cannot accept nothing):
+    no accept without a standing offer from the other side, no walking away in the first two turns, no counter or
+    insist before any price is on the table, no init-price once this side has named a price, intro only early."""
+    from .vocabulary import CHOOSABLE_ACTS
+
+    drop = set()
+    if state.get("other_last_price") is None:
+        drop.add("accept")
+    if state["turn"] < 2:
+        drop |= {"reject", "quit"}
+    if state.get("other_last_price") is None and state.get("own_last_price") is None:
+        drop |= {"counter-price", "insist"}
+    if state.get("own_priced_turns", 0) > 0:
+        drop.add("init-price")
+    if state["turn"] >= 2:
+        drop.add("intro")
+    return tuple(a for a in CHOOSABLE_ACTS if a not in drop)
+
+
+def price_digits(listing_price: float) -> tuple[int, int]:
+    """Integer digits a price may have: from a fifth of the listing to twice the listing (a $8,900 car: 4 to 5)."""
+    def digits(x: float) -> int:
+        return len(str(int(max(1.0, x))))
+
+    return digits(0.2 * listing_price), digits(2.0 * listing_price)
+
 
 
 def parse_agent_shorthand(spec: str) -> AgentSpec:
@@ -155,7 +188,7 @@ class Agent:
             view = st["view"]
             sys = system_prompt(role, view, self.spec.personality, self.spec.cot, st["max_turns"])
             msgs = build_messages(role, sys, st["history"], st["max_turns"] - st["turn"], st["opens"])
-            out.append(ChatRequest(msgs, self.spec.reply_format(), context=st | {"role": role},
+            out.append(ChatRequest(msgs, self.spec.reply_format(st), context=st | {"role": role},
                                    key=f"{st['negotiation_id']}|{st['turn']}"))
         return out
 

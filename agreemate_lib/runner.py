@@ -181,7 +181,8 @@ def run_negotiations(
             if nid in done:
                 all_negs.append(done[nid])
                 continue
-            neg = Negotiation(nid, sc.to_dict(), buyer.id, seller.id, cfg.seed, rep)
+            neg = Negotiation(nid, sc.to_dict(), buyer.id, seller.id, cfg.seed, rep,
+                              buyer_cot=buyer.spec.cot, seller_cot=seller.spec.cot)
             all_negs.append(neg)
             todo.append(_Live(neg, sc))
 

@@ -48,6 +48,8 @@ class Negotiation:
     ended_by: str | None = None  # speaker of the closing turn
     anomalies: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    buyer_cot: bool = False
+    seller_cot: bool = False
 
     @property
     def agreed(self) -> bool:
@@ -90,13 +92,15 @@ class Negotiation:
             "tokens_in": sum(t.tokens_in for t in self.turns),
             "tokens_out": sum(t.tokens_out for t in self.turns),
             "wall_s": self.wall_s,
+            "buyer_cot": self.buyer_cot,
+            "seller_cot": self.seller_cot,
         }
 
     def turn_rows(self) -> list[dict[str, Any]]:
         head = self.summary_row()
         keep = ("negotiation_id", "buyer_id", "seller_id", "scenario_id", "title", "category", "listing_price",
                 "buyer_target", "seller_target", "seed", "replicate", "outcome", "accepted_price", "ended_by",
-                "anomalies")
+                "anomalies", "buyer_cot", "seller_cot")
         base = {k: head[k] for k in keep}
         base["description"] = self.scenario.get("description", "")
         base["seller_reservation"] = self.scenario.get("seller_reservation")
@@ -186,6 +190,8 @@ def frame_to_negotiations(df) -> list[Negotiation]:
                 accepted_price=None if pd.isna(first["accepted_price"]) else float(first["accepted_price"]),
                 ended_by=val(first.get("ended_by")),
                 anomalies=[a for a in anomalies.split("; ") if a],
+                buyer_cot=bool(first.get("buyer_cot", False)),
+                seller_cot=bool(first.get("seller_cot", False)),
             )
         )
     return out

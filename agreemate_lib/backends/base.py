@@ -28,6 +28,10 @@ class ReplyFormat:
     #: Maximum tokens of the free-text fields under structured generation.
     max_utterance_tokens: int = 60
     max_reasoning_tokens: int = 80
+    #: Acts the reply may choose (empty: any act of the vocabulary). Set per turn from the negotiation state.
+    allowed_acts: tuple[str, ...] = ()
+    #: Range of integer digits a price may have (0, 0: any), e.g. (2, 3) for a $200 listing.
+    price_digits: tuple[int, int] = (0, 0)
 
 
 @dataclass

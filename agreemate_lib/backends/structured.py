@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..vocabulary import CHOOSABLE_ACTS, PRICED_ACTS
+from .base import ReplyFormat
 
 #: Acts whose price is forced to null (they name no price).
 NULL_PRICE_ACTS = frozenset({"intro", "inquire", "accept", "reject", "quit"})
@@ -103,8 +104,12 @@ def assistant_prefix(cot: bool) -> str:
 class TurnMachine:
     """State of one sequence. ``allowed()`` says what may come next; ``advance(token)`` consumes a token."""
 
-    def __init__(self, table: TokenTable, cot: bool, max_utterance_tokens: int, max_reasoning_tokens: int):
+    def __init__(self, table: TokenTable, fmt: ReplyFormat):
         self.t = table
+        cot, max_utterance_tokens, max_reasoning_tokens = fmt.cot, fmt.max_utterance_tokens, fmt.max_reasoning_tokens
+        acts = [a for a in (fmt.allowed_acts or CHOOSABLE_ACTS) if a in table.choice_seqs] or list(CHOOSABLE_ACTS)
+        self.choice_seqs = {a: table.choice_seqs[a] for a in acts}
+        self.min_digits, self.max_digits = fmt.price_digits if fmt.price_digits != (0, 0) else (1, 8)
         self.fields: dict[str, object] = {}
         self.done = False
         # A list of pending steps; each is (kind, arg).
@@ -178,10 +183,10 @@ class TurnMachine:
             n = len(self._choice_tokens)
             nxt = {
                 seq[n]
-                for seq in self.t.choice_seqs.values()
+                for seq in self.choice_seqs.values()
                 if len(seq) > n and seq[:n] == self._choice_tokens
             }
-            if any(seq == self._choice_tokens for seq in self.t.choice_seqs.values()):
+            if any(seq == self._choice_tokens for seq in self.choice_seqs.values()):
                 nxt.add(self.t.first_token('", "utterance": "'))
             return sorted(nxt)
         if kind == "text":
@@ -199,21 +204,22 @@ class TurnMachine:
             if not self._num:
                 if action in NULL_PRICE_ACTS:
                     return [self.t.null_id_seq[0]]
-                ids = list(self.t.digit_ids)
+                ids = [i for i in self.t.digit_ids if self.t.strings[i] != "0" or self.min_digits <= 1]
                 if action not in PRICED_ACTS:
                     ids.append(self.t.null_id_seq[0])
                 return ids
-            digits = self._num.replace(".", "")
-            ids: list[int] = list(self.t.close_ids)
-            if "." in self._num:
-                if len(self._num.split(".")[1]) < 2:
-                    ids += [i for i in self.t.digit_ids if len(self.t.strings[i]) == 1]
-            elif len(digits) < 8:
-                ids += [i for i in self.t.digit_ids if len(digits) + len(self.t.strings[i]) <= 8]
-                ids += self.t.dot_ids
+            whole = self._num.split(".")[0]
+            singles = [i for i in self.t.digit_ids if len(self.t.strings[i]) == 1]
             if self._num.endswith("."):
-                ids = [i for i in self.t.digit_ids if len(self.t.strings[i]) == 1]
-            return ids
+                return singles
+            if "." in self._num:  # cents: up to two digits, then close
+                return list(self.t.close_ids) + (singles if len(self._num.split(".")[1]) < 2 else [])
+            ids: list[int] = []
+            if len(whole) >= self.min_digits and not (whole == "0" and self.min_digits > 1):
+                ids += list(self.t.close_ids) + list(self.t.dot_ids)
+            if len(whole) < self.max_digits and whole != "0":
+                ids += [i for i in self.t.digit_ids if len(whole) + len(self.t.strings[i]) <= self.max_digits]
+            return ids or list(self.t.close_ids)
         return None
 
     # -- consume ----------------------------------------------------------------------------------------------------
@@ -258,7 +264,7 @@ class TurnMachine:
                 self._num += s
 
     def _choice_name(self) -> str:
-        for act, seq in self.t.choice_seqs.items():
+        for act, seq in self.choice_seqs.items():
             if seq == self._choice_tokens:
                 return act
         return "unknown"

@@ -172,11 +172,7 @@ class TransformersBackend(ChatBackend):
             gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
         machines = None
         if self.structured:
-            machines = [
-                TurnMachine(self.table, r.reply_format.cot, r.reply_format.max_utterance_tokens,
-                            r.reply_format.max_reasoning_tokens)
-                for r in reqs
-            ]
+            machines = [TurnMachine(self.table, r.reply_format) for r in reqs]
             bound = max(max_reply_tokens(r.reply_format.cot, r.reply_format.max_utterance_tokens,
                                          r.reply_format.max_reasoning_tokens) for r in reqs)
             gen_kwargs["max_new_tokens"] = max(settings.max_new_tokens, bound)

@@ -1,0 +1,119 @@
+"""Any OpenAI-compatible chat server (vLLM, SGLang, Ollama, llama.cpp server, TGI, OpenAI itself).
+
+Many requests are kept in flight (asyncio, bounded concurrency) so a server with continuous batching is fed. Each
+request is retried with exponential backoff on connection errors, timeouts, HTTP 429/5xx and empty or truncated
+replies; after the last try it comes back as a completion with ``error`` set (the agent records a failed turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+from ..vocabulary import CHOOSABLE_ACTS
+from .base import ChatBackend, ChatRequest, Completion, GenerationSettings
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def reply_schema(cot: bool, acts: tuple[str, ...] = ()) -> dict:
+    """JSON schema of the agent's reply, for servers' structured output (``response_format``)."""
+    props: dict = {}
+    if cot:
+        props["reasoning"] = {"type": "string"}
+    props |= {
+        "action": {"type": "string", "enum": list(acts or CHOOSABLE_ACTS)},
+        "utterance": {"type": "string"},
+        "price": {"type": ["number", "null"]},
+    }
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+class OpenAIBackend(ChatBackend):
+    def __init__(self, model: str, *, base_url: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
+                 timeout_s: float = 60.0, structured: bool = True, max_retries: int = 2, backoff_s: float = 0.5):
+        if not base_url:
+            raise ValueError("the openai backend needs base_url, e.g. http://127.0.0.1:8000/v1")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key = os.environ.get(api_key_env, "")
+        self.concurrency = max(1, concurrency)
+        self.timeout_s = timeout_s
+        self.structured = structured
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.model_id = f"openai:{model}@{self.base_url}"
+
+    def _payload(self, req: ChatRequest, settings: GenerationSettings) -> dict:
+        body: dict = {
+            "model": self.model,
+            "messages": req.messages,
+            "max_tokens": max(settings.max_new_tokens, 64 + (req.reply_format.max_reasoning_tokens if
+                                                              req.reply_format.cot else 0)),
+            "temperature": max(0.0, settings.temperature),
+            "top_p": settings.top_p,
+            "seed": settings.seed,
+        }
+        if self.structured:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "turn", "strict": True,
+                                "schema": reply_schema(req.reply_format.cot, req.reply_format.allowed_acts)},
+            }
+        return body
+
+    async def _one(self, client, sem: asyncio.Semaphore, req: ChatRequest, settings: GenerationSettings) -> Completion:
+        import httpx
+
+        last_error = "no attempt made"
+        async with sem:
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() * 0.1))
+                try:
+                    r = await client.post(f"{self.base_url}/chat/completions", json=self._payload(req, settings))
+                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    last_error = f"{type(exc).__name__}: {exc or 'no detail'}"
+                    continue
+                if r.status_code in RETRY_STATUS:
+                    last_error = f"HTTP {r.status_code}: {r.text[:200]}"
+                    continue
+                if r.status_code >= 400:
+                    return Completion("", error=f"HTTP {r.status_code}: {r.text[:300]}")
+                try:
+                    data = r.json()
+                    choice = data["choices"][0]
+                    text = choice["message"].get("content") or ""
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    last_error = f"malformed response: {exc}"
+                    continue
+                if not text.strip():
+                    last_error = "empty completion"
+                    continue
+                if choice.get("finish_reason") == "length" and not text.rstrip().endswith("}"):
+                    last_error = "truncated completion (finish_reason=length)"
+                    continue
+                usage = data.get("usage") or {}
+                return Completion(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
+                                  structured=self.structured)
+        return Completion("", error=f"failed after {self.max_retries + 1} tries: {last_error}")
+
+    async def agenerate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        sem = asyncio.Semaphore(self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, headers=headers) as client:
+            return list(await asyncio.gather(*(self._one(client, sem, r, settings) for r in requests)))
+
+    def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.agenerate(requests, settings))
+        # Called from inside an event loop (a notebook): run in a worker thread with its own loop.
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            return ex.submit(asyncio.run, self.agenerate(requests, settings)).result()

@@ -1,0 +1,129 @@
+"""The ``agreemate`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .metrics import FORMULA_MODES, METRIC_NAMES
+
+
+def _cmd_negotiate(args: argparse.Namespace) -> int:
+    from .agents import Agent
+    from .metric_tables import negotiation_table, summarize
+    from .roster import resolve_agent
+    from .runner import RunConfig, run_negotiations
+    from .scenarios import sample_scenarios
+    from .transcripts import atomic_write_parquet, negotiations_to_frame, summaries_to_frame
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sset = sample_scenarios(args.split, args.scenarios, args.seed, source=args.data)
+    if sset.dropped:
+        print(f"dropped {len(sset.dropped)} invalid rows of {args.split} (first: {sset.dropped[0]})", file=sys.stderr)
+    buyer_spec, seller_spec = resolve_agent(args.buyer, args.roster), resolve_agent(args.seller, args.roster)
+    t0 = time.perf_counter()
+    buyer = Agent(buyer_spec)
+    seller = Agent(seller_spec) if seller_spec != buyer_spec else Agent(seller_spec, buyer.backend)
+    load_s = time.perf_counter() - t0
+    cfg = RunConfig(max_turns=args.max_turns, buyer_opens=not args.seller_opens, seed=args.seed,
+                    replicates=args.replicates, mode=args.mode)
+    t1 = time.perf_counter()
+    negs = run_negotiations(sset.scenarios, buyer, seller, cfg, progress=not args.quiet,
+                            checkpoint=out / "checkpoint.jsonl")
+    run_s = time.perf_counter() - t1
+    atomic_write_parquet(negotiations_to_frame(negs), out / "transcripts.parquet")
+    atomic_write_parquet(summaries_to_frame(negs), out / "negotiations.parquet")
+    table = negotiation_table(negs)
+    atomic_write_parquet(table, out / "metrics.parquet")
+    (out / "checkpoint.jsonl").unlink(missing_ok=True)
+    turns = [t for n in negs for t in n.turns]
+    ok = sum(t.parse_ok for t in turns)
+    summary = summarize(table, "pair", n_boot=1000).iloc[0].to_dict()
+    print(f"\n{len(negs)} negotiations, {len(turns)} turns in {run_s:.1f} s (model load {load_s:.1f} s)")
+    print(f"parse success {ok}/{len(turns)} = {ok / max(1, len(turns)):.1%}; structured without fallback "
+          f"{sum(t.structured for t in turns)}/{len(turns)}")
+    print(f"outcomes: { {o: sum(n.outcome == o for n in negs) for o in sorted({n.outcome for n in negs})} }")
+    for m in METRIC_NAMES:
+        print(f"  {m:22s} {summary[m]: .4f}  [{summary[m + '_ci_low']: .4f}, {summary[m + '_ci_high']: .4f}]")
+    print(f"wrote {out / 'transcripts.parquet'}, {out / 'negotiations.parquet'}, {out / 'metrics.parquet'}")
+    return 0
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from .metric_tables import load_table, summarize, summarize_pairs_then_groups, to_json_records
+
+    table = load_table(args.paths, args.formula)
+    if table.empty:
+        print("no negotiations found", file=sys.stderr)
+        return 1
+    if args.group_by == "cot":
+        summary = summarize_pairs_then_groups(table, "cot", n_boot=args.n_boot)
+        col = "cot"
+    else:
+        summary = summarize(table, "pair", n_boot=args.n_boot)
+        col = "pair"
+    if args.json:
+        print(json.dumps(to_json_records(summary, col)))
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_columns", None, "display.width", 200):
+            print(summary[[col, "n", *METRIC_NAMES]].to_string(index=False))
+        print(f"formula: {', '.join(sorted(set(table['formula'])))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agreemate", description="LLM buyers and sellers haggling over Craigslist listings")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    n = sub.add_parser("negotiate", help="run a batch of negotiations between a buyer and a seller")
+    n.add_argument("--buyer", default="smollm2", help="roster id or shorthand (smollm2, smollm2-cot, rule-based, "
+                                                      "hf:PATH, openai:MODEL@URL)")
+    n.add_argument("--seller", default="smollm2")
+    n.add_argument("--scenarios", type=int, default=30)
+    n.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--max-turns", type=int, default=15)
+    n.add_argument("--replicates", type=int, default=1)
+    n.add_argument("--seller-opens", action="store_true")
+    n.add_argument("--mode", choices=["batched", "naive"], default="batched")
+    n.add_argument("--roster", default=None, help="roster YAML (default: agents.yaml in the repo)")
+    n.add_argument("--data", default=None, help="Craigslist Bargains folder or hub id (default: the data setting)")
+    n.add_argument("--out", required=True)
+    n.add_argument("--quiet", action="store_true")
+    n.set_defaults(func=_cmd_negotiate)
+
+    m = sub.add_parser("metrics", help="metrics of transcripts (parquet) or AgreeMate result CSVs")
+    m.add_argument("paths", nargs="+")
+    m.add_argument("--formula", choices=[f for f in FORMULA_MODES if f != "paper-signed"], default="corrected",
+                   help="paper: what the published CSVs store (each file's code version is detected)")
+    m.add_argument("--group-by", choices=["pair", "cot"], default="pair")
+    m.add_argument("--n-boot", type=int, default=2000)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_cmd_metrics)
+
+    try:
+        from .cli_extra import register  # later commands (bench, report) register themselves here
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"agreemate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
