@@ -1,16 +1,46 @@
-"""Partitions, defined once: agents (dynamic) and model pairs (buyer agent x seller agent)."""
+"""Partitions, defined once: agents as buyers and as sellers (dynamic), and model pairs (buyer x seller).
 
-from dagster import DynamicPartitionsDefinition, MultiPartitionsDefinition
+Every agent of the roster is a partition of both agent dimensions. The two dimensions use two dynamic definitions
+(one would do, but Dagster cannot map a per-agent asset onto one of two identical dimensions).
+"""
 
-#: One partition per agent id of the roster (added by the roster sensor or the agent_roster asset).
-agents_partitions = DynamicPartitionsDefinition(name="agents")
+from dagster import DynamicPartitionsDefinition, MultiPartitionKey, MultiPartitionsDefinition
+
+buyer_agents_partitions = DynamicPartitionsDefinition(name="buyer_agents")
+seller_agents_partitions = DynamicPartitionsDefinition(name="seller_agents")
 
 #: One partition per (buyer agent, seller agent). Dagster allows exactly two dimensions; replicates and seeds live
 #: inside a partition. Keys read "BUYER|SELLER" (dimensions in name order).
-pair_partitions = MultiPartitionsDefinition({"buyer": agents_partitions, "seller": agents_partitions})
+pair_partitions = MultiPartitionsDefinition({"buyer": buyer_agents_partitions, "seller": seller_agents_partitions})
+
+AGENT_PARTITION_SETS = (buyer_agents_partitions.name, seller_agents_partitions.name)
 
 
-def pair_key(buyer: str, seller: str) -> str:
-    from dagster import MultiPartitionKey
-
+def pair_key(buyer: str, seller: str) -> MultiPartitionKey:
     return MultiPartitionKey({"buyer": buyer, "seller": seller})
+
+
+def registered_agents(instance) -> set[str]:
+    """Agents that are partitions of both dimensions."""
+    sets = [set(instance.get_dynamic_partitions(name)) for name in AGENT_PARTITION_SETS]
+    return sets[0] & sets[1]
+
+
+def missing_agents(instance, agent_ids) -> dict[str, list[str]]:
+    """Per dynamic partition set, the agents not yet registered there (idempotent registration)."""
+    out = {}
+    for name in AGENT_PARTITION_SETS:
+        have = set(instance.get_dynamic_partitions(name))
+        new = [a for a in agent_ids if a not in have]
+        if new:
+            out[name] = new
+    return out
+
+
+def register_agents(instance, agent_ids) -> list[str]:
+    """Add the agents as partitions of both dimensions; returns the ids that were new anywhere."""
+    added: set[str] = set()
+    for name, new in missing_agents(instance, list(agent_ids)).items():
+        instance.add_dynamic_partitions(name, new)
+        added.update(new)
+    return sorted(added)

@@ -4,6 +4,7 @@ rematerialized (which makes exactly their pairs stale and, with automation on, r
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetRecordsFilter,
     AssetKey,
     RunRequest,
     SensorEvaluationContext,
@@ -14,24 +15,22 @@ from dagster import (
 
 from agreemate_lib.roster import RosterError, load_roster
 
-from .partitions import agents_partitions
+from .partitions import missing_agents
 from .resources import StudySettings
 
 
 def latest_config_hash(instance, asset: str, agent_id: str) -> str | None:
-    ev = instance.get_latest_materialization_event(AssetKey(asset), partition=agent_id) \
-        if hasattr(instance, "get_latest_materialization_event") else None
-    if ev is None or ev.asset_materialization is None:
+    result = instance.fetch_materializations(AssetRecordsFilter(AssetKey(asset), asset_partitions=[agent_id]), limit=1)
+    if not result.records or result.records[0].asset_materialization is None:
         return None
-    meta = ev.asset_materialization.metadata.get("config_hash")
+    meta = result.records[0].asset_materialization.metadata.get("config_hash")
     return None if meta is None else str(meta.value)
 
 
-def plan_roster_sync(instance, study: StudySettings) -> tuple[list[str], list[str]]:
-    """(agents to add as partitions, agents whose config must be rematerialized)."""
+def plan_roster_sync(instance, study: StudySettings) -> tuple[dict[str, list[str]], list[str]]:
+    """(agents to add, per dynamic partition set; agents whose config must be rematerialized)."""
     roster = load_roster(study.roster_file())
-    existing = set(instance.get_dynamic_partitions(agents_partitions.name))
-    new = [a for a in roster if a not in existing]
+    new = missing_agents(instance, list(roster))
     changed = []
     for agent_id, spec in roster.items():
         h = spec.config_hash()
@@ -49,10 +48,11 @@ def roster_sensor(context: SensorEvaluationContext, study: StudySettings):
         return SkipReason(f"roster not usable: {exc}")
     if not new and not changed:
         return SkipReason("roster unchanged")
-    runs = [RunRequest(run_key=None, partition_key=a,
-                       asset_selection=[AssetKey("buyer_agent_config"), AssetKey("seller_agent_config")],
-                       tags={"agreemate/reason": "roster change"}) for a in changed]
+    # The two config assets live on two partition sets: one run each per changed agent.
+    runs = [RunRequest(run_key=None, partition_key=a, asset_selection=[AssetKey(asset)],
+                       tags={"agreemate/reason": "roster change"})
+            for a in changed for asset in ("buyer_agent_config", "seller_agent_config")]
     return SensorResult(
         run_requests=runs,
-        dynamic_partitions_requests=[AddDynamicPartitionsRequest(agents_partitions.name, new)] if new else [],
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest(name, ids) for name, ids in new.items()],
     )

@@ -27,7 +27,7 @@ from agreemate_lib.scenarios import Scenario
 from agreemate_lib.transcripts import atomic_write_parquet, atomic_write_text, negotiations_to_frame
 
 from ..metadata import md_table, transcript_markdown
-from ..partitions import agents_partitions, pair_partitions
+from ..partitions import buyer_agents_partitions, pair_partitions, register_agents, seller_agents_partitions
 from ..resources import StudySettings
 from ..transcript_checks import TRANSCRIPT_CHECK_NAME, validate_transcripts
 from .data import scenarios, scenarios_path
@@ -50,10 +50,7 @@ def agent_roster(context: AssetExecutionContext, study: StudySettings) -> Materi
              "cot": a.cot, "temperature": a.temperature, "config_hash": a.config_hash()} for a in roster.values()]
     df = pd.DataFrame(rows)
     path = atomic_write_parquet(df, study.results_path() / "agent_roster.parquet")
-    existing = set(context.instance.get_dynamic_partitions(agents_partitions.name))
-    new = [a for a in roster if a not in existing]
-    if new:
-        context.instance.add_dynamic_partitions(agents_partitions.name, new)
+    new = register_agents(context.instance, list(roster))
     return MaterializeResult(metadata={"agents": len(df), "new_partitions": MetadataValue.json(new),
                                        "roster_file": str(study.roster_file()), "path": MetadataValue.path(str(path)),
                                        "table": MetadataValue.md(md_table(df))})
@@ -74,14 +71,14 @@ def _materialize_agent_config(context: AssetExecutionContext, study: StudySettin
                              data_version=DataVersion(digest))
 
 
-@asset(group_name="negotiation", partitions_def=agents_partitions, deps=[agent_roster], code_version="1",
+@asset(group_name="negotiation", partitions_def=buyer_agents_partitions, deps=[agent_roster], code_version="1",
        description="One agent's config as a buyer. Its data version is the config's content hash, so only the "
                    "transcripts of pairs with this buyer become stale when it changes.")
 def buyer_agent_config(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
     return _materialize_agent_config(context, study)
 
 
-@asset(group_name="negotiation", partitions_def=agents_partitions, deps=[agent_roster], code_version="1",
+@asset(group_name="negotiation", partitions_def=seller_agents_partitions, deps=[agent_roster], code_version="1",
        description="One agent's config as a seller (see buyer_agent_config).")
 def seller_agent_config(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
     return _materialize_agent_config(context, study)
@@ -105,6 +102,9 @@ def load_scenarios(study: StudySettings) -> tuple[list[Scenario], dict]:
 
 
 TRANSCRIPTS_AUTOMATION = AutomationCondition.eager()
+# A pair's buyer config maps to the pair's "buyer" dimension, its seller config to the "seller" dimension.
+BY_BUYER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="buyer")
+BY_SELLER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="seller")
 
 
 @asset(
@@ -112,8 +112,8 @@ TRANSCRIPTS_AUTOMATION = AutomationCondition.eager()
     partitions_def=pair_partitions,
     deps=[
         scenarios,
-        AssetDep(buyer_agent_config, partition_mapping=MultiToSingleDimensionPartitionMapping("buyer")),
-        AssetDep(seller_agent_config, partition_mapping=MultiToSingleDimensionPartitionMapping("seller")),
+        AssetDep(buyer_agent_config, partition_mapping=BY_BUYER),
+        AssetDep(seller_agent_config, partition_mapping=BY_SELLER),
     ],
     check_specs=[AssetCheckSpec(TRANSCRIPT_CHECK_NAME, asset="negotiation_transcripts", blocking=True,
                                 description="GX: actions in the vocabulary, prices sane, deals priced, turn limit, "

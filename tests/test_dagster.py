@@ -1,0 +1,239 @@
+"""The Dagster project: real materializations into a temporary DAGSTER_HOME, real GX checks, automation."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, build_sensor_context, materialize
+
+pytestmark = pytest.mark.slow
+
+ROSTER = {
+    "agents": [
+        {"id": "rb-a", "backend": "rule-based", "model": "rule-based", "beta": 0.5},
+        {"id": "rb-b", "backend": "rule-based", "model": "rule-based", "beta": 1.0},
+        {"id": "rb-c", "backend": "rule-based", "model": "rule-based", "beta": 2.0},
+        {"id": "tiny", "backend": "transformers", "model": "smollm2", "temperature": 0.0,
+         "max_utterance_tokens": 16},
+    ]
+}
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch, data_dir):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    roster = tmp_path / "agents.yaml"
+    roster.write_text(yaml.safe_dump(ROSTER))
+    from agreemate_assets.resources import StudySettings
+
+    study = StudySettings(results_dir=str(tmp_path / "results"), roster_path=str(roster), n_scenarios=2,
+                          max_turns=4, seed=0)
+    with DagsterInstance.get() as instance:
+        yield instance, study, roster
+
+
+def _all():
+    from agreemate_assets.definitions import defs
+
+    return list(defs.assets) + list(defs.asset_checks)
+
+
+def mat(instance, study, selection, partition_key=None):
+    return materialize(_all(), selection=selection, partition_key=partition_key, instance=instance,
+                       resources={"study": study}, raise_on_error=False)
+
+
+def check_passed(instance, asset, check, partition=None):
+    rec = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [AssetCheckKey(AssetKey(asset), check)]).get(AssetCheckKey(AssetKey(asset), check))
+    return rec.event.dagster_event.event_specific_data.passed if rec and rec.event else None
+
+
+def test_definitions_load():
+    from agreemate_assets.definitions import defs
+
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert {"craigslist_raw", "scenarios", "agent_roster", "buyer_agent_config", "seller_agent_config",
+            "negotiation_transcripts", "negotiation_metrics", "metrics"} <= keys
+    graph = defs.resolve_asset_graph()
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert {"data", "negotiation", "evaluation"} <= groups
+
+
+def test_study_materializes_pairs_and_metrics(env):
+    from agreemate_assets.study import run_study
+
+    instance, study, _ = env
+    results = run_study(instance, study, [("rb-a", "rb-b"), ("tiny", "rb-a")], log=lambda *_: None)
+    assert all(results.values()), results
+    # the partition files exist and hold turns from real negotiations
+    t = pd.read_parquet(Path(study.results_dir) / "transcripts" / "buyer=tiny" / "seller=rb-a.parquet")
+    assert t["negotiation_id"].nunique() == 2 and t["parse_ok"].all() and (t["tokens_out"] > 0).any()
+    table = pd.read_parquet(Path(study.results_dir) / "metrics.parquet")
+    assert set(table["pair"]) == {"rb-a+rb-b", "tiny+rb-a"}
+    assert {"agreement_rate_ci_low", "fairness_ci_high"} <= set(table.columns)
+    for asset, check in [("scenarios", "prices_positive"), ("scenarios", "ids_unique"),
+                         ("negotiation_transcripts", "transcripts_valid"), ("metrics", "agreement_rate_is_a_rate")]:
+        assert check_passed(instance, asset, check) is True, (asset, check)
+    mats = instance.get_materialized_partitions(AssetKey("negotiation_metrics"))
+    assert mats == {"rb-a|rb-b", "tiny|rb-a"}
+    # metadata a person reads in the UI
+    ev = instance.get_latest_materialization_event(AssetKey("negotiation_transcripts"))
+    md = ev.asset_materialization.metadata
+    assert {"negotiations", "agreement_rate", "parse_failure_rate", "tokens_out", "wall_s", "preview"} <= set(md)
+    # a rerun regenerates nothing: every reply comes from the response cache
+    res = mat(instance, study, AssetSelection.assets("negotiation_transcripts"), "tiny|rb-a")
+    assert res.success
+    ev = instance.get_latest_materialization_event(AssetKey("negotiation_transcripts"))
+    hits, misses = ev.asset_materialization.metadata["response_cache_hits_misses"].value["tiny"]
+    assert misses == 0 and hits > 0
+
+
+def test_planted_bad_transcript_fails_check_and_blocks_metrics(env, monkeypatch):
+    from agreemate_assets.assets import negotiation as negotiation_module
+    from agreemate_assets.study import run_study
+
+    instance, study, _ = env
+    run_study(instance, study, [("rb-a", "rb-b")], log=lambda *_: None)
+    real = negotiation_module.run_negotiations
+
+    def planted(*args, **kwargs):
+        negs = real(*args, **kwargs)
+        bad = negs[0]
+        bad.turns[0].action = "haggle"
+        bad.turns[0].price = -5.0
+        bad.outcome, bad.accepted_price = "accepted", None
+        return negs
+
+    from agreemate_assets.partitions import register_agents
+
+    register_agents(instance, ["rb-c"])
+    for asset in ("buyer_agent_config", "seller_agent_config"):
+        assert mat(instance, study, AssetSelection.assets(asset), "rb-c").success
+    monkeypatch.setattr(negotiation_module, "run_negotiations", planted)
+    sel = AssetSelection.assets("negotiation_transcripts", "negotiation_metrics") | AssetSelection.checks_for_assets(
+        "negotiation_transcripts")
+    res = mat(instance, study, sel, "rb-c|rb-a")
+    assert not res.success  # the blocking check failed
+    evals = [e for e in res.get_asset_check_evaluations() if e.check_name == "transcripts_valid"]
+    assert len(evals) == 1 and not evals[0].passed
+    md = evals[0].metadata
+    errors = md["errors"].value
+    assert any("in_set" in e for e in errors) and any("between[price]" in e for e in errors)
+    assert any("not_be_null[accepted_price]" in e for e in errors)
+    assert "haggle" in json.dumps(md["examples"].value)
+    mats = instance.get_materialized_partitions(AssetKey("negotiation_metrics"))
+    assert "rb-c|rb-a" not in mats and "rb-a|rb-b" in mats  # blocked here, the other pair untouched
+    # other partitions proceed
+    monkeypatch.setattr(negotiation_module, "run_negotiations", real)
+    assert mat(instance, study, sel, "rb-c|rb-b").success
+    assert "rb-c|rb-b" in instance.get_materialized_partitions(AssetKey("negotiation_metrics"))
+
+
+def test_roster_changes_touch_only_their_partitions(env):
+    from dagster import evaluate_automation_conditions
+
+    from agreemate_assets.definitions import defs
+    from agreemate_assets.partitions import pair_partitions
+    from agreemate_assets.sensors import roster_sensor
+    from agreemate_assets.study import run_study
+
+    instance, study, roster = env
+    doc = yaml.safe_load(roster.read_text())
+    doc["agents"] = doc["agents"][:3]  # the three rule-based agents
+    roster.write_text(yaml.safe_dump(doc))
+    grid = [(b, s) for b in ("rb-a", "rb-b", "rb-c") for s in ("rb-a", "rb-b", "rb-c")]
+    assert all(run_study(instance, study, grid, log=lambda *_: None).values())
+    assert len(pair_partitions.get_partition_keys(dynamic_partitions_store=instance)) == 9
+
+    sel = AssetSelection.assets("negotiation_transcripts")
+    first = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=sel)
+    assert first.get_requested_partitions(AssetKey("negotiation_transcripts")) == set()
+
+    def sensor_tick():
+        ctx = build_sensor_context(instance=instance, resources={"study": study})
+        return roster_sensor(ctx)
+
+    # nothing changed: the sensor skips
+    from dagster import SkipReason
+
+    assert isinstance(sensor_tick(), SkipReason)
+
+    # change one agent: only its configs are re-run, and only its pairs are requested
+    doc["agents"][1]["beta"] = 3.0
+    roster.write_text(yaml.safe_dump(doc))
+    result = sensor_tick()
+    assert {r.partition_key for r in result.run_requests} == {"rb-b"}
+    assert not result.dynamic_partitions_requests
+    for asset in ("buyer_agent_config", "seller_agent_config"):
+        assert mat(instance, study, AssetSelection.assets(asset), "rb-b").success
+    second = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=sel, cursor=first.cursor)
+    requested = {str(k) for k in second.get_requested_partitions(AssetKey("negotiation_transcripts"))}
+    assert requested == {f"{b}|{s}" for b, s in grid if "rb-b" in (b, s)}
+
+    # add an agent: exactly its row and column appear
+    doc["agents"].append({"id": "rb-d", "backend": "rule-based", "model": "rule-based", "beta": 0.3})
+    roster.write_text(yaml.safe_dump(doc))
+    before = set(pair_partitions.get_partition_keys(dynamic_partitions_store=instance))
+    result = sensor_tick()
+    adds = {(r.partitions_def_name, tuple(r.partition_keys)) for r in result.dynamic_partitions_requests}
+    assert adds == {("buyer_agents", ("rb-d",)), ("seller_agents", ("rb-d",))}
+    for r in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(r.partitions_def_name, list(r.partition_keys))
+    after = set(pair_partitions.get_partition_keys(dynamic_partitions_store=instance))
+    assert {str(k) for k in after - before} == {f"rb-d|{x}" for x in ("rb-a", "rb-b", "rb-c", "rb-d")} | {
+        f"{x}|rb-d" for x in ("rb-a", "rb-b", "rb-c")}
+    # registering again is idempotent
+    from agreemate_assets.partitions import register_agents
+
+    assert register_agents(instance, ["rb-a", "rb-d"]) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dagster_dev_serves_graphql(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = _free_port()
+    exe = Path(sys.executable).with_name("dagster")
+    proc = subprocess.Popen([str(exe), "dev", "-h", "127.0.0.1", "-p", str(port), "-m", "agreemate_assets"],
+                            env=os.environ | {"DAGSTER_HOME": str(home)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path)
+    try:
+        body = json.dumps({"query": "{ version assetNodes { assetKey { path } } }"}).encode()
+        deadline = time.time() + 90
+        data = None
+        while time.time() < deadline:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", body,
+                                             {"Content-Type": "application/json"})
+                data = json.loads(urllib.request.urlopen(req, timeout=5).read())
+                if data.get("data", {}).get("assetNodes"):
+                    break
+            except OSError:
+                time.sleep(1)
+        assert data and data["data"]["version"], data
+        paths = {"/".join(n["assetKey"]["path"]) for n in data["data"]["assetNodes"]}
+        assert {"negotiation_transcripts", "metrics", "scenarios"} <= paths
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
