@@ -19,7 +19,10 @@ from .partitions import pair_key, register_agents
 from .resources import StudySettings
 
 
-def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple[str, str]], log=print) -> dict:
+def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple[str, str]], log=print,
+              log_level: str = "WARNING") -> dict:
+    """Materialize roster, scenarios, the pairs' agent configs, the pairs (transcripts + metrics) and ``metrics``,
+    one Dagster run each, recorded in ``instance``. Returns {"BUYER|SELLER": success}."""
     assets = list(defs.assets)  # type: ignore[arg-type]
     checks = list(defs.asset_checks)  # type: ignore[arg-type]
     resources = dict(defs.resources or {}) | {"study": study}
@@ -27,7 +30,8 @@ def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple
 
     def run(selection, partition_key=None):
         res = materialize(everything, selection=selection, partition_key=partition_key, instance=instance,
-                          resources=resources, raise_on_error=False)
+                          resources=resources, raise_on_error=False,
+                          run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
         if not res.success:
             log(f"  run {res.run_id[:8]} for {partition_key or 'unpartitioned'} failed; see the Dagster UI")
         return res
