@@ -19,8 +19,11 @@ from .partitions import pair_key, register_agents
 from .resources import StudySettings
 
 
+EVALUATION_ASSETS = ("human_baseline", "published_runs", "table3", "group_tables")
+
+
 def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple[str, str]], log=print,
-              log_level: str = "WARNING") -> dict:
+              log_level: str = "WARNING", with_reports: bool = False) -> dict:
     """Materialize roster, scenarios, the pairs' agent configs, the pairs (transcripts + metrics) and ``metrics``,
     one Dagster run each, recorded in ``instance``. Returns {"BUYER|SELLER": success}."""
     assets = list(defs.assets)  # type: ignore[arg-type]
@@ -54,6 +57,11 @@ def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple
         results[f"{b}|{s}"] = res.success
         log(f"  {b} vs {s}: {'ok' if res.success else 'FAILED'} in {time.perf_counter() - t:.0f} s")
     run(AssetSelection.assets("metrics") | AssetSelection.checks_for_assets("metrics"))
+    if with_reports:
+        t = time.perf_counter()
+        run(AssetSelection.groups("reports") | AssetSelection.assets(*EVALUATION_ASSETS)
+            | AssetSelection.checks_for_assets("published_runs"))
+        log(f"  evaluation and reports in {time.perf_counter() - t:.0f} s")
     log(f"study done in {time.perf_counter() - t0:.0f} s")
     return results
 
@@ -64,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", nargs="*", help="BUYER|SELLER keys (default: study.default_pairs of the roster)")
     p.add_argument("--scenarios", type=int, default=None)
     p.add_argument("--max-turns", type=int, default=None)
+    p.add_argument("--no-report", action="store_true", help="skip the evaluation and report assets")
     args = p.parse_args(argv)
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(Path(__file__).resolve().parent.parent / "dagster_home")
@@ -75,9 +84,11 @@ def main(argv=None) -> int:
     pairs = [tuple(k.split("|")) for k in args.pairs] if args.pairs else default_pairs(study.roster_file())
     print(f"AgreeMate study: {len(pairs)} pairs x {study.n_scenarios} scenarios, up to {study.max_turns} turns; "
           f"instance {os.environ['DAGSTER_HOME']}")
-    results = run_study(instance, study, pairs)  # type: ignore[arg-type]
+    results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
     out = study.results_path()
     print(f"\nresults: {out}/metrics.parquet (table), {out}/transcripts/ (one parquet per pair)")
+    if not args.no_report:
+        print(f"report:  {out}/report/report.html (figures in {out}/figures/)")
     print("browse them: DAGSTER_HOME=dagster_home .venv/bin/dagster dev -h 127.0.0.1 -p 3000   (then open "
           "http://127.0.0.1:3000)")
     try:

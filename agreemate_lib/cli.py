@@ -20,17 +20,22 @@ def _cmd_negotiate(args: argparse.Namespace) -> int:
     from .transcripts import atomic_write_parquet, negotiations_to_frame, summaries_to_frame
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     sset = sample_scenarios(args.split, args.scenarios, args.seed, source=args.data)
     if sset.dropped:
         print(f"dropped {len(sset.dropped)} invalid rows of {args.split} (first: {sset.dropped[0]})", file=sys.stderr)
     buyer_spec, seller_spec = resolve_agent(args.buyer, args.roster), resolve_agent(args.seller, args.roster)
+    cfg = RunConfig(max_turns=args.max_turns, buyer_opens=not args.seller_opens, seed=args.seed,
+                    replicates=args.replicates, mode=args.mode)
+    if args.dry_run:
+        from .estimates import estimate_workload
+
+        print(json.dumps(estimate_workload(sset.scenarios, buyer_spec, seller_spec, cfg)))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     buyer = Agent(buyer_spec)
     seller = Agent(seller_spec) if seller_spec != buyer_spec else Agent(seller_spec, buyer.backend)
     load_s = time.perf_counter() - t0
-    cfg = RunConfig(max_turns=args.max_turns, buyer_opens=not args.seller_opens, seed=args.seed,
-                    replicates=args.replicates, mode=args.mode)
     t1 = time.perf_counter()
     negs = run_negotiations(sset.scenarios, buyer, seller, cfg, progress=not args.quiet,
                             checkpoint=out / "checkpoint.jsonl")
@@ -77,6 +82,19 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+    from .settings import data_dir, repo_root
+
+    published = args.published
+    if published is None and data_dir() is not None:
+        published = str(data_dir() / "agreemate_published_runs")
+    results = args.results or str(repo_root() / "results")
+    path = build_report(results, args.out, published, include_human=not args.no_human)
+    print(f"wrote {path} (figures in {Path(args.out) / 'figures'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agreemate", description="LLM buyers and sellers haggling over Craigslist listings")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--data", default=None, help="Craigslist Bargains folder or hub id (default: the data setting)")
     n.add_argument("--out", required=True)
     n.add_argument("--quiet", action="store_true")
+    n.add_argument("--dry-run", action="store_true", help="print the estimated generations and tokens, run nothing")
     n.set_defaults(func=_cmd_negotiate)
 
     m = sub.add_parser("metrics", help="metrics of transcripts (parquet) or AgreeMate result CSVs")
@@ -107,12 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_metrics)
 
-    try:
-        from .cli_extra import register  # later commands (bench, report) register themselves here
-    except ImportError:
-        pass
-    else:
-        register(sub)
+    r = sub.add_parser("report", help="render the static HTML report (tables, figures, transcript browser)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--results", default=None, help="assets results folder (default: <repo>/results)")
+    r.add_argument("--published", default=None, help="folder of AgreeMate result CSVs (default: the data setting's)")
+    r.add_argument("--no-human", action="store_true", help="leave out the human baseline")
+    r.set_defaults(func=_cmd_report)
     return p
 
 

@@ -155,13 +155,40 @@ def detect_paper_variant(rows: list[PublishedRow]) -> str:
     return max(scores, key=lambda m: (scores[m], m == "paper"))
 
 
-def pair_from_filename(name: str) -> tuple[str, str]:
-    """``baseline-3B-buyer+baseline-COT-8B-seller.csv`` → (``baseline-3b-buyer``, ``baseline-cot-8b-seller``)."""
+def pair_from_filename(name: str, prefix: str = "published-") -> tuple[str, str]:
+    """Agent ids of a published file: ``baseline-3B-buyer-aggressive+baseline-COT-8B-seller.csv`` →
+    (``published-baseline-3b-aggressive``, ``published-baseline-cot-8b``)."""
     stem = re.sub(r"_updated$", "", Path(name).stem)
-    if "+" not in stem:
-        return stem.lower(), stem.lower()
-    b, s = stem.split("+", 1)
-    return b.lower(), s.lower()
+    b, _, s = stem.partition("+")
+    s = s or b
+
+    def agent(x: str) -> str:
+        return prefix + re.sub(r"-(buyer|seller)(?=-|$)", "", x.lower())
+
+    return agent(b), agent(s)
+
+
+def published_negotiations(path: str | Path) -> list:
+    """A published file's rows as negotiations (speakers alternate, buyer first), for the transcript checks."""
+    from .transcripts import Negotiation, Turn
+
+    path = Path(path)
+    buyer, seller = pair_from_filename(path.name)
+    out = []
+    for r in read_published_csv(path):
+        o = r.outcome
+        turns = [Turn(index=k, speaker=o.speakers[k], action=o.actions[k], utterance="", price=o.prices[k],
+                      raw_output=r.raw_actions[k], action_known=normalize_action(r.raw_actions[k])[1])
+                 for k in range(len(o.actions))]
+        neg = Negotiation(f"{buyer}+{seller}:{r.scenario_id}:r0",
+                          {"scenario_id": r.scenario_id, "title": r.title, "category": r.category,
+                           "listing_price": o.listing_price, "buyer_target": o.buyer_target,
+                           "seller_target": o.seller_target, "description": ""},
+                          buyer, seller, seed=0, turns=turns)
+        if o.agreed or r.accepted_without_price:
+            neg.outcome, neg.accepted_price = "accepted", o.accepted_price
+        out.append(neg)
+    return out
 
 
 def is_cot_pair(name: str) -> bool:

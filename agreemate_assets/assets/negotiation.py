@@ -138,6 +138,10 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
             backend = CachedBackend(backend, ResponseCache(study.results_path() / "response_cache.sqlite"))
         return backend
 
+    from agreemate_lib.estimates import estimate_workload
+
+    estimate = estimate_workload(scen, buyer_spec, seller_spec, cfg)
+    context.log.info(f"estimate (upper bounds) for {buyer_id}|{seller_id}: {estimate}")
     t0 = time.perf_counter()
     buyer_backend = backend_for(buyer_spec)
     seller_backend = buyer_backend if buyer_spec.model_dump(exclude={"id", "personality", "cot", "notes"}) == \
@@ -169,6 +173,7 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
             "tokens_out": int(df["tokens_out"].sum()) if turns else 0,
             "wall_s": round(wall, 2),
             "response_cache_hits_misses": MetadataValue.json(cache),
+            "estimate_upper_bounds": MetadataValue.json(estimate),
             "path": MetadataValue.path(str(path)),
             "preview": MetadataValue.md(preview or "(no turns)"),
         }

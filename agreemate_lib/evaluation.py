@@ -1,0 +1,136 @@
+"""Study-level evaluation: the paper's Table 3, grouped tables, paired comparisons, the human baseline."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .metric_tables import negotiation_table, summarize, summarize_pairs_then_groups
+from .metrics import METRIC_NAMES, NegotiationOutcome, negotiation_metrics
+from .transcripts import Negotiation, Turn
+from .vocabulary import normalize_action
+
+SIZES = ("3B", "8B", "70B")
+TABLE3_METRICS = ("aggressiveness", "bias", "dialogue_length", "fairness", "concession_rate", "probing_ratio",
+                  "relative_efficiency")
+#: The paper's Table 3 (with CoT, without CoT).
+PAPER_TABLE3 = {
+    True: {"aggressiveness": 0.2107, "bias": 1.0813, "dialogue_length": 10.6115, "fairness": -0.4385,
+           "concession_rate": 184.4005, "probing_ratio": 0.0197, "relative_efficiency": 0.1406},
+    False: {"aggressiveness": 0.1333, "bias": 0.1671, "dialogue_length": 11.5667, "fairness": 0.3021,
+            "concession_rate": 188.9073, "probing_ratio": 0.0137, "relative_efficiency": 0.0498},
+}
+
+
+def _file(buyer: str, seller: str) -> str:
+    return f"baseline-{buyer}-buyer+baseline-{seller}-seller.csv"
+
+
+def size_cot_files() -> list[str]:
+    """All 36 size x CoT combinations (3B/8B/70B, with and without CoT, for buyer and seller)."""
+    variants = [v for s in SIZES for v in (s, f"COT-{s}")]
+    return [_file(b, s) for b in variants for s in variants]
+
+
+def paper_table3_files() -> list[str]:
+    """The paper's list: it named 70B-buyer + COT-8B-seller twice and left out COT-70B-buyer + COT-8B-seller.
+    Pairs are averaged once each, so the duplicate collapses: 35 pairs (26 with CoT, 9 without)."""
+    files = [f for f in size_cot_files() if f != _file("COT-70B", "COT-8B")]
+    return files + [_file("70B", "COT-8B")]
+
+
+def table3(directory: str | Path, files: Sequence[str], mode: str = "paper", n_boot: int = 2000) -> pd.DataFrame:
+    """CoT vs no-CoT: per-pair means, then the mean of pair means per group, with bootstrap CIs over pairs."""
+    from .metric_tables import load_table
+
+    d = Path(directory)
+    table = load_table([d / f for f in dict.fromkeys(files)], mode)
+    return summarize_pairs_then_groups(table, "cot", n_boot=n_boot)
+
+
+def paired_comparison(table: pd.DataFrame, pair_a: str, pair_b: str, metric: str, n_perm: int = 10000,
+                      seed: int = 0) -> dict:
+    """Difference of a metric between two pairs on the same scenarios (matched by scenario id).
+
+    Test: paired sign-flip permutation test of the mean difference (two-sided), with a bootstrap 95% CI.
+    """
+    a = table[table["pair"] == pair_a].groupby("scenario_id")[metric].mean()
+    b = table[table["pair"] == pair_b].groupby("scenario_id")[metric].mean()
+    d = (a - b).dropna()
+    out = {"pair_a": pair_a, "pair_b": pair_b, "metric": metric, "n_matched": int(len(d)),
+           "test": "paired sign-flip permutation test (two-sided)"}
+    if len(d) < 2:
+        return out | {"mean_difference": float(d.mean()) if len(d) else math.nan, "p_value": math.nan,
+                      "ci_low": math.nan, "ci_high": math.nan}
+    rng = np.random.default_rng(seed)
+    x = d.to_numpy()
+    obs = abs(x.mean())
+    flips = rng.choice([-1.0, 1.0], size=(n_perm, x.size))
+    p = (np.sum(np.abs((flips * x).mean(axis=1)) >= obs - 1e-12) + 1) / (n_perm + 1)
+    boots = x[rng.integers(0, x.size, size=(2000, x.size))].mean(axis=1)
+    return out | {"mean_difference": float(x.mean()), "p_value": float(p),
+                  "ci_low": float(np.quantile(boots, 0.025)), "ci_high": float(np.quantile(boots, 0.975))}
+
+
+def group_tables(table: pd.DataFrame, groups: dict[str, str], n_boot: int = 2000) -> pd.DataFrame:
+    """Means per group both ways: over pairs (``by=pairs``) and pooled over negotiations (``by=negotiations``).
+
+    ``groups`` maps pair -> group label (pairs missing from it are left out).
+    """
+    t = table[table["pair"].isin(groups)].copy()
+    if t.empty:
+        return pd.DataFrame()
+    t["group"] = t["pair"].map(groups)
+    pooled = summarize(t, "group", n_boot=n_boot).assign(by="negotiations")
+    over_pairs = summarize_pairs_then_groups(t, "group", n_boot=n_boot).assign(by="pairs")
+    return pd.concat([over_pairs, pooled], ignore_index=True)
+
+
+# --- the human baseline ----------------------------------------------------------------------------------------
+
+
+def human_negotiations(split: str = "validation", source: str | None = None, annotated_only: bool = True
+                       ) -> list[Negotiation]:
+    """Human-human Craigslist Bargains dialogues as negotiations (pair ``human+human``).
+
+    Turns are the dialogue's messages and events with their annotated intents and prices. A deal is an ``accept``
+    event; its price is the last ``offer`` event's price (the Craigslist interface's formal offer).
+    """
+    from .scenarios import _from_hf_row, iter_raw_rows, ScenarioError
+
+    out: list[Negotiation] = []
+    for row, rec in enumerate(iter_raw_rows(split, source)):
+        acts = rec.get("dialogue_acts") or {}
+        intents, prices = list(acts.get("intent") or []), list(acts.get("price") or [])
+        if annotated_only and not any(i for i in intents):
+            continue
+        try:
+            sc = _from_hf_row(split, row, rec, 0.7)
+        except ScenarioError:
+            continue
+        roles = list(rec["agent_info"]["Role"])
+        turns = []
+        for k, (agent, utt) in enumerate(zip(rec["agent_turn"], rec["utterance"])):
+            intent = intents[k] if k < len(intents) else ""
+            action, known = normalize_action(intent or "unknown")
+            price = prices[k] if k < len(prices) and prices[k] not in (None, -1, -1.0) else None
+            turns.append(Turn(index=k, speaker=roles[agent], action=action, utterance=utt or "",
+                              price=None if price is None else float(price), action_known=known, structured=True))
+        neg = Negotiation(f"human+human:{sc.scenario_id}:r0", sc.to_dict(), "human", "human", seed=0, turns=turns)
+        last_offer = next((t.price for t in reversed(turns) if t.action == "offer" and t.price is not None), None)
+        ending = next((t for t in reversed(turns) if t.action in ("accept", "reject", "quit")), None)
+        if ending is not None and ending.action == "accept" and last_offer is not None:
+            neg.outcome, neg.accepted_price, neg.ended_by = "accepted", last_offer, ending.speaker
+        elif ending is not None:
+            neg.outcome = "rejected" if ending.action == "reject" else ("quit" if ending.action == "quit" else "no_deal")
+        out.append(neg)
+    return out
+
+
+def human_baseline_table(split: str = "validation", source: str | None = None) -> pd.DataFrame:
+    return negotiation_table(human_negotiations(split, source))

@@ -1,0 +1,103 @@
+"""The paper's figures with Altair: each saved as a Vega-Lite spec (JSON), standalone HTML and PNG (vl-convert)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+HEATMAP_METRICS = ("agreement_rate", "bias", "fairness", "aggressiveness", "dialogue_length")
+
+
+def _alt():
+    import altair as alt
+
+    alt.data_transformers.disable_max_rows()
+    return alt
+
+
+def pair_heatmap(table: pd.DataFrame, metric: str):
+    """Buyer x seller heatmap of a metric's mean over each pair's negotiations."""
+    alt = _alt()
+    agg = table.groupby(["buyer_id", "seller_id"], as_index=False).agg(value=(metric, "mean"), n=(metric, "count"))
+    base = alt.Chart(agg).encode(
+        x=alt.X("seller_id:N", title="seller"), y=alt.Y("buyer_id:N", title="buyer"))
+    rect = base.mark_rect().encode(color=alt.Color("value:Q", title=metric, scale=alt.Scale(scheme="viridis")),
+                                   tooltip=["buyer_id", "seller_id", alt.Tooltip("value:Q", format=".3f"), "n"])
+    text = base.mark_text(fontSize=10).encode(text=alt.Text("value:Q", format=".2f"),
+                                              color=alt.value("white"))
+    return (rect + text).properties(title=f"{metric} by buyer x seller", width=max(160, 40 * agg.seller_id.nunique()),
+                                    height=max(160, 30 * agg.buyer_id.nunique()))
+
+
+def price_progression_frame(turns: pd.DataFrame) -> pd.DataFrame:
+    """Priced turns with the price normalised to the bargaining zone: 0 = buyer target, 1 = seller target."""
+    t = turns[turns["price"].notna()].copy()
+    zone = (t["seller_target"] - t["buyer_target"]).where(lambda z: z > 0)
+    t["normalized_price"] = (t["price"] - t["buyer_target"]) / zone
+    t["pair"] = t["buyer_id"] + "+" + t["seller_id"]
+    return t[t["normalized_price"].between(-2, 3)][["pair", "turn_index", "speaker", "normalized_price"]]
+
+
+def price_progression(turns: pd.DataFrame):
+    """Normalised price per turn: a heatmap of counts and mean trend lines per pair."""
+    alt = _alt()
+    t = price_progression_frame(turns)
+    heat = alt.Chart(t).mark_rect().encode(
+        x=alt.X("turn_index:O", title="turn"),
+        y=alt.Y("normalized_price:Q", bin=alt.Bin(maxbins=20), title="price (0 = buyer target, 1 = seller target)"),
+        color=alt.Color("count():Q", scale=alt.Scale(scheme="blues")),
+    ).properties(width=320, height=220, title="price per turn (all pairs)")
+    lines = alt.Chart(t).mark_line(point=True).encode(
+        x=alt.X("turn_index:Q", title="turn"), y=alt.Y("mean(normalized_price):Q", title="mean normalised price"),
+        color=alt.Color("pair:N"),
+    ).properties(width=320, height=220, title="mean price per turn, by pair")
+    return alt.hconcat(heat, lines)
+
+
+def action_distribution(turns: pd.DataFrame):
+    """Share of each dialogue act per agent and role."""
+    alt = _alt()
+    t = turns.copy()
+    t["agent"] = t.apply(lambda r: r["buyer_id"] if r["speaker"] == "buyer" else r["seller_id"], axis=1)
+    t["agent_role"] = t["agent"] + " (" + t["speaker"] + ")"
+    return alt.Chart(t).mark_bar().encode(
+        y=alt.Y("agent_role:N", title=None),
+        x=alt.X("count():Q", stack="normalize", title="share of turns"),
+        color=alt.Color("action:N", scale=alt.Scale(scheme="tableau20")),
+        tooltip=["agent_role", "action", "count()"],
+    ).properties(width=360, title="dialogue acts per agent and role")
+
+
+def length_distribution(table: pd.DataFrame):
+    """Distribution of dialogue lengths per pair."""
+    alt = _alt()
+    return alt.Chart(table).mark_bar(opacity=0.8).encode(
+        x=alt.X("dialogue_length:O", title="turns"), y=alt.Y("count():Q", title="negotiations"),
+        color="pair:N", row=alt.Row("pair:N", title=None),
+    ).properties(width=320, height=60, title="dialogue length per pair")
+
+
+def save_chart(chart, out_dir: str | Path, name: str) -> dict[str, Path]:
+    """Write ``name.vl.json``, ``name.html`` and ``name.png``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = chart.to_dict()
+    paths = {"spec": out / f"{name}.vl.json", "html": out / f"{name}.html", "png": out / f"{name}.png"}
+    paths["spec"].write_text(json.dumps(spec))
+    chart.save(str(paths["html"]), inline=True) if _inline_ok() else chart.save(str(paths["html"]))
+    import vl_convert as vlc
+
+    paths["png"].write_bytes(vlc.vegalite_to_png(spec, scale=1.5))
+    return paths
+
+
+def _inline_ok() -> bool:
+    """Altair can inline the Vega JS into HTML (no network at view time) when vl-convert is present."""
+    try:
+        import vl_convert  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
