@@ -44,6 +44,7 @@ class AgentSpec(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 8
     timeout_s: float = 60.0
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
     # rule-based
     beta: float = 0.5
     enabled: bool = True
@@ -167,7 +168,7 @@ def make_backend(spec: AgentSpec) -> ChatBackend:
 
         return OpenAIBackend(spec.model, base_url=spec.base_url or "", api_key_env=spec.api_key_env,
                              concurrency=spec.concurrency, timeout_s=spec.timeout_s, structured=spec.structured,
-                             max_retries=spec.max_retries)
+                             max_retries=spec.max_retries, response_format=spec.response_format)
     raise ValueError(f"unknown backend {spec.backend!r}")
 
 

@@ -3,8 +3,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
+# The HTTP backend is tested against a real OpenAI-compatible server (llama-cpp-python serving the embedded GGUF).
+# Its first build compiles for ~5-10 minutes on 2 cores; pip's wheel cache (~/.cache/pip) keeps the wheel, so only
+# the first run on a machine pays.
+if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
+  echo "[test] installing llama-cpp-python[server] (first time on this machine: a ~10 minute compile)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/pip install --disable-pip-version-check -q \
+    "llama-cpp-python[server]==0.3.36" >/tmp/agreemate-llama-install.log 2>&1 \
+    || { tail -30 /tmp/agreemate-llama-install.log >&2; echo "[test] llama-cpp-python install failed" >&2; exit 1; }
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi
 exit $rc

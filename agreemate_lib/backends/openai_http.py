@@ -17,22 +17,36 @@ from .base import ChatBackend, ChatRequest, Completion, GenerationSettings
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-def reply_schema(cot: bool, acts: tuple[str, ...] = ()) -> dict:
-    """JSON schema of the agent's reply, for servers' structured output (``response_format``)."""
+def reply_schema(cot: bool, acts: tuple[str, ...] = (), max_chars: int = 240) -> dict:
+    """JSON schema of the agent's reply, for servers' structured output (``response_format``). Free text is capped
+    (``maxLength``, about 4 characters a token) so a grammar-constrained small model cannot ramble past max_tokens."""
     props: dict = {}
     if cot:
-        props["reasoning"] = {"type": "string"}
+        props["reasoning"] = {"type": "string", "maxLength": max_chars}
     props |= {
         "action": {"type": "string", "enum": list(acts or CHOOSABLE_ACTS)},
-        "utterance": {"type": "string"},
+        "utterance": {"type": "string", "maxLength": max_chars},
         "price": {"type": ["number", "null"]},
     }
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
+#: Structured-output dialects, most specific first: OpenAI / vLLM / SGLang take ``json_schema``; llama-cpp-python's
+#: server takes ``json_object`` with a ``schema``; ``none`` asks for free text (parsed with retries).
+RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+
+
 class OpenAIBackend(ChatBackend):
+    """If the server rejects a structured-output dialect (an error naming ``response_format``), the backend falls
+    back to the next one in :data:`RESPONSE_FORMATS` for the rest of its life, and records it in ``downgrades``."""
+
     def __init__(self, model: str, *, base_url: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 timeout_s: float = 60.0, structured: bool = True, max_retries: int = 2, backoff_s: float = 0.5):
+                 timeout_s: float = 60.0, structured: bool = True, max_retries: int = 2, backoff_s: float = 0.5,
+                 response_format: str = "json_schema"):
+        if response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"response_format must be one of {RESPONSE_FORMATS}, got {response_format!r}")
+        self.response_format = response_format if structured else "none"
+        self.downgrades: list[str] = []
         if not base_url:
             raise ValueError("the openai backend needs base_url, e.g. http://127.0.0.1:8000/v1")
         self.model = model
@@ -49,32 +63,46 @@ class OpenAIBackend(ChatBackend):
         body: dict = {
             "model": self.model,
             "messages": req.messages,
-            "max_tokens": max(settings.max_new_tokens, 64 + (req.reply_format.max_reasoning_tokens if
-                                                              req.reply_format.cot else 0)),
+            "max_tokens": settings.max_new_tokens + (req.reply_format.max_reasoning_tokens if req.reply_format.cot
+                                                     else 0),
             "temperature": max(0.0, settings.temperature),
             "top_p": settings.top_p,
             "seed": settings.seed,
         }
-        if self.structured:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "turn", "strict": True,
-                                "schema": reply_schema(req.reply_format.cot, req.reply_format.allowed_acts)},
-            }
+        schema = reply_schema(req.reply_format.cot, req.reply_format.allowed_acts,
+                              4 * req.reply_format.max_utterance_tokens)
+        if self.response_format == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "turn", "strict": True, "schema": schema}}
+        elif self.response_format == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": schema}
         return body
+
+    def _downgrade(self, used: str, detail: str) -> None:
+        if self.response_format == used and used != "none":
+            nxt = RESPONSE_FORMATS[RESPONSE_FORMATS.index(used) + 1]
+            self.downgrades.append(f"{used} -> {nxt}: {detail[:200]}")
+            self.response_format = nxt
 
     async def _one(self, client, sem: asyncio.Semaphore, req: ChatRequest, settings: GenerationSettings) -> Completion:
         import httpx
 
         last_error = "no attempt made"
         async with sem:
-            for attempt in range(self.max_retries + 1):
+            attempt = 0
+            while attempt <= self.max_retries:
                 if attempt:
                     await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() * 0.1))
+                attempt += 1
+                used = self.response_format
                 try:
                     r = await client.post(f"{self.base_url}/chat/completions", json=self._payload(req, settings))
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
                     last_error = f"{type(exc).__name__}: {exc or 'no detail'}"
+                    continue
+                if r.status_code >= 400 and used != "none" and "response_format" in r.text:
+                    self._downgrade(used, r.text)
+                    attempt -= 1  # the dialect, not the server, was at fault: this try does not count
                     continue
                 if r.status_code in RETRY_STATUS:
                     last_error = f"HTTP {r.status_code}: {r.text[:200]}"
@@ -96,7 +124,7 @@ class OpenAIBackend(ChatBackend):
                     continue
                 usage = data.get("usage") or {}
                 return Completion(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
-                                  structured=self.structured)
+                                  structured=used != "none")
         return Completion("", error=f"failed after {self.max_retries + 1} tries: {last_error}")
 
     async def agenerate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
