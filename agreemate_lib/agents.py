@@ -88,15 +88,16 @@ class AgentSpec(BaseModel):
 
 def allowed_acts(state: dict[str, Any]) -> tuple[str, ...]:
     """Acts that make sense now (enforced by structured generation, so a small model cannot accept nothing):
-    no accept without a standing offer from the other side, no walking away in the first two turns, no counter or
-    insist before any price is on the table, no init-price once this side has named a price, intro only early."""
+    no accept or reject without a standing offer from the other side, no quitting in the first four turns, no
+    counter or insist before any price is on the table, no init-price once this side has named a price, intro
+    only in the first two turns."""
     from .vocabulary import CHOOSABLE_ACTS
 
     drop = set()
     if state.get("other_last_price") is None:
-        drop.add("accept")
-    if state["turn"] < 2:
-        drop |= {"reject", "quit"}
+        drop |= {"accept", "reject"}
+    if state["turn"] < 4:
+        drop.add("quit")
     if state.get("other_last_price") is None and state.get("own_last_price") is None:
         drop |= {"counter-price", "insist"}
     if state.get("own_priced_turns", 0) > 0:
@@ -188,9 +189,10 @@ class Agent:
         for st in states:
             view = st["view"]
             sys = system_prompt(role, view, self.spec.personality, self.spec.cot, st["max_turns"])
-            msgs = build_messages(role, sys, st["history"], st["max_turns"] - st["turn"], st["opens"])
+            msgs = build_messages(role, sys, st["history"], st["max_turns"], st["opens"])
             out.append(ChatRequest(msgs, self.spec.reply_format(st), context=st | {"role": role},
-                                   key=f"{st['negotiation_id']}|{st['turn']}"))
+                                   key=f"{st['negotiation_id']}|{st['turn']}",
+                                   prefix_key=f"{st['negotiation_id']}|{role}"))
         return out
 
     def act(self, role: str, states: list[dict[str, Any]], seed: int) -> list[tuple[ParsedTurn, dict[str, Any]]]:

@@ -95,6 +95,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import print_report, run_bench
+
+    r = run_bench(args.scenarios, args.turns, args.seed, args.dtype, with_llama_cpp=not args.no_llama_cpp)
+    print_report(r)
+    if args.json:
+        print(json.dumps(r))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agreemate", description="LLM buyers and sellers haggling over Craigslist listings")
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-boot", type=int, default=2000)
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_cmd_metrics)
+
+    b = sub.add_parser("bench", help="naive path vs the batched engine (and llama.cpp where installed)")
+    b.add_argument("--scenarios", type=int, default=8)
+    b.add_argument("--turns", type=int, default=6)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    b.add_argument("--no-llama-cpp", action="store_true")
+    b.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
+    b.set_defaults(func=_cmd_bench)
 
     r = sub.add_parser("report", help="render the static HTML report (tables, figures, transcript browser)")
     r.add_argument("--out", required=True)

@@ -111,27 +111,29 @@ def describe_other_turn(speaker: str, action: str, utterance: str, price: float 
     return f"[The {speaker} proposes {_money(price)}.]" if price is not None else f"[The {speaker} says nothing.]"
 
 
-def build_messages(role: str, system: str, history: Sequence[dict[str, Any]], turns_left: int,
+def build_messages(role: str, system: str, history: Sequence[dict[str, Any]], max_turns: int,
                    opens: bool) -> list[dict[str, str]]:
-    """Chat messages for one turn: own turns as assistant (their JSON), the other side's as user (their words).
+    """Chat messages for one turn: own turns as assistant (as generated), the other side's as user (their words).
 
-    The other side's reasoning is never shown. A note with the turns left ends the last user message.
+    The other side's reasoning is never shown. Each user message ends with a note of the messages left at that
+    point; a message, once written, never changes, so each prompt extends the previous one (KV-cache reuse).
+    ``opens``: this side speaks first (then a first user message invites it to start).
     """
     msgs: list[dict[str, str]] = [{"role": "system", "content": system}]
     if opens:
-        msgs.append({"role": "user", "content": f"[You start the conversation.]"})
-    for t in history:
+        msgs.append({"role": "user", "content": "[You start the conversation.]\n" + turn_note(max_turns)})
+    for k, t in enumerate(history):
         if t["speaker"] == role:
-            reply = {k: t[k] for k in ("action", "utterance", "price")}
+            if t.get("raw"):  # the reply exactly as generated
+                msgs.append({"role": "assistant", "content": t["raw"]})
+                continue
+            reply = {k2: t[k2] for k2 in ("action", "utterance", "price")}
             if t.get("reasoning"):
                 reply = {"reasoning": t["reasoning"]} | reply
             msgs.append({"role": "assistant", "content": json.dumps(reply)})
         else:
-            msgs.append({"role": "user",
-                         "content": describe_other_turn(t["speaker"], t["action"], t["utterance"], t["price"])})
-    note = turn_note(turns_left)
-    if msgs[-1]["role"] == "user":
-        msgs[-1] = {"role": "user", "content": msgs[-1]["content"] + "\n" + note}
-    else:  # should not happen with alternating turns; keep the chat valid anyway
-        msgs.append({"role": "user", "content": note})
+            words = describe_other_turn(t["speaker"], t["action"], t["utterance"], t["price"])
+            msgs.append({"role": "user", "content": words + "\n" + turn_note(max_turns - k - 1)})
+    if msgs[-1]["role"] != "user":  # should not happen with alternating turns; keep the chat valid anyway
+        msgs.append({"role": "user", "content": turn_note(max_turns - len(history))})
     return msgs

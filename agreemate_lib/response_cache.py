@@ -68,6 +68,9 @@ class CachedBackend(ChatBackend):
         self.hits = 0
         self.misses = 0
 
+    def release(self, prefix_keys: list[str]) -> None:
+        self.inner.release(prefix_keys)
+
     def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
         keys = [request_key(self.model_id, r, settings) for r in requests]
         found = self.cache.get_many(keys)

@@ -86,10 +86,11 @@ class _Live:
             "view": self.scenario.view_for(role),
             "turn": len(turns),
             "max_turns": cfg.max_turns,
-            "opens": len(turns) == 0,
+            "opens": (turns[0].speaker == role) if turns else True,
             "history": [
                 {"speaker": t.speaker, "action": t.action, "utterance": t.utterance, "price": t.price,
-                 "reasoning": t.reasoning if t.speaker == role else None}
+                 "reasoning": t.reasoning if t.speaker == role else None,
+                 "raw": t.raw_output if (t.speaker == role and t.structured and t.retries == 0) else None}
                 for t in turns
             ],
             "other_last_price": last_price_by(turns, other),
@@ -193,6 +194,9 @@ def run_negotiations(
         bar = tqdm(total=len(todo), desc=f"{buyer.id} vs {seller.id}", unit="neg")
 
     def finish(lv: _Live) -> None:
+        nid = lv.neg.negotiation_id
+        buyer.backend.release([f"{nid}|buyer"])
+        seller.backend.release([f"{nid}|seller"])
         if ckpt:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             with ckpt.open("a", encoding="utf-8") as fh:

@@ -43,6 +43,8 @@ class ChatRequest:
     context: dict[str, Any] = field(default_factory=dict)
     #: Distinguishes requests for seeding and caching (negotiation id, turn, attempt).
     key: str = ""
+    #: Identifies the conversation (negotiation x role) whose KV cache a local backend may reuse across turns.
+    prefix_key: str = ""
 
 
 @dataclass
@@ -68,6 +70,9 @@ class ChatBackend(ABC):
     @abstractmethod
     def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
         """One completion per request, in order. Must not raise for a single bad reply: return it with ``error``."""
+
+    def release(self, prefix_keys: list[str]) -> None:
+        """Forget per-conversation state (KV caches) of conversations that have ended."""
 
     def close(self) -> None:  # pragma: no cover - default no-op
         pass

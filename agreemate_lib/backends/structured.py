@@ -276,8 +276,18 @@ class TurnMachineProcessor:
     def __init__(self, machines: list[TurnMachine]):
         self.machines = machines
         self._started = False
+        self.elapsed = 0.0  # seconds spent here (the Python side of structured generation)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        import time
+
+        t0 = time.perf_counter()
+        try:
+            return self._apply(input_ids, scores)
+        finally:
+            self.elapsed += time.perf_counter() - t0
+
+    def _apply(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._started:
             last = input_ids[:, -1].tolist()
             for m, tok in zip(self.machines, last):

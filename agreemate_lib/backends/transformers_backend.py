@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 from .base import BackendError, ChatBackend, ChatRequest, Completion, GenerationSettings
@@ -110,7 +111,7 @@ def load_model(model: str, *, dtype: str = "auto", device: str = "auto", quantiz
 class TransformersBackend(ChatBackend):
     def __init__(self, model: str = "smollm2", *, adapter: str | None = None, dtype: str = "auto",
                  device: str = "auto", quantization: str | None = None, structured: bool = True,
-                 batch_size: int = 32):
+                 batch_size: int = 32, prefix_cache: bool = True, prefix_cache_tokens: int = 64_000):
         self.model_name = model or "smollm2"
         self.adapter = adapter
         self.structured = structured
@@ -121,6 +122,15 @@ class TransformersBackend(ChatBackend):
         self.device = next(self.model.parameters()).device
         self.model_id = self.model_name + (f"+lora:{file_digest(adapter)}" if adapter else "")
         self._table = None
+        from .prefix_cache import PrefixCache
+
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
+        #: Where time goes: total generate time, the structured-output processor's share, calls.
+        self.stats = {"generate_s": 0.0, "processor_s": 0.0, "generate_calls": 0}
+
+    def release(self, prefix_keys: list[str]) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.release(prefix_keys)
 
     @property
     def table(self):
@@ -157,7 +167,7 @@ class TransformersBackend(ChatBackend):
 
         from .structured import TurnMachine, TurnMachineProcessor, assistant_prefix, max_reply_tokens
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc, past, reuse = self._encode(reqs, prompts)
         seed_src = f"{settings.seed}|" + "|".join(r.key for r in reqs)
         torch.manual_seed(int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16))
         gen_kwargs: dict = {
@@ -180,9 +190,22 @@ class TransformersBackend(ChatBackend):
         else:
             gen_kwargs["stop_strings"] = ["}"]
             gen_kwargs["tokenizer"] = self.tokenizer
+        if past is None and self.prefix_cache is not None:
+            from transformers import DynamicCache
+
+            past = DynamicCache(config=self.model.config)
+        if past is not None:
+            gen_kwargs["cache"] = past
+        t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kwargs)
+        self.stats["generate_s"] += time.perf_counter() - t0
+        self.stats["generate_calls"] += 1
+        if machines:
+            self.stats["processor_s"] += gen_kwargs["logits_processor"][0].elapsed
         new = out[:, enc["input_ids"].shape[1] :]
+        if self.prefix_cache is not None and past is not None:
+            self._store(reqs, enc, out, past)
         completions = []
         for row, req in enumerate(reqs):
             ids = new[row].tolist()
@@ -195,9 +218,73 @@ class TransformersBackend(ChatBackend):
             completions.append(
                 Completion(
                     text=prefix + text,
-                    tokens_in=int(enc["attention_mask"][row].sum()),
+                    tokens_in=int(enc["attention_mask"][row].sum()) - reuse[row],
                     tokens_out=n_out,
                     structured=structured,
                 )
             )
         return completions
+
+    # -- KV-cache reuse across turns ---------------------------------------------------------------------------
+    def _encode(self, reqs: list[ChatRequest], prompts: list[str]):
+        """Token ids, attention mask and (when prefixes are cached) a batch KV cache covering the reused part.
+
+        Row layout with reuse: [pad][cached prefix][pad][new tokens]; the mask zeroes the pads and position ids
+        follow the mask, so every real token keeps the position it had when its keys were computed.
+        """
+        import torch
+
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        cache = self.prefix_cache
+        hits = [cache.lookup(r.prefix_key, x) if cache is not None else (None, 0) for r, x in zip(reqs, ids)]
+        reuse = [n for _, n in hits]
+        pad = self.tokenizer.pad_token_id
+        P = max(reuse)
+        N = max(len(x) - n for x, n in zip(ids, reuse))
+        input_ids = torch.full((len(ids), P + N), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), P + N), dtype=torch.long)
+        for i, (x, n) in enumerate(zip(ids, reuse)):
+            input_ids[i, P - n : P] = torch.tensor(x[:n], dtype=torch.long)
+            mask[i, P - n : P] = 1
+            rest = x[n:]
+            input_ids[i, P + N - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[i, P + N - len(rest) :] = 1
+        if cache is not None:
+            cache.reused_tokens += sum(reuse)
+            cache.prefilled_tokens += sum(len(x) - n for x, n in zip(ids, reuse))
+        enc = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if P == 0:
+            return enc, None, reuse
+        from transformers import DynamicCache
+
+        ref = next(e for e, n in hits if n)
+        past = DynamicCache(config=self.model.config)
+        for layer in range(len(ref.keys)):
+            kvh, _, hd = ref.keys[layer].shape
+            k = torch.zeros((len(ids), kvh, P, hd), dtype=ref.keys[layer].dtype, device=self.device)
+            v = torch.zeros_like(k)
+            for i, (e, n) in enumerate(hits):
+                if n:
+                    k[i, :, P - n :] = e.keys[layer][:, :n]
+                    v[i, :, P - n :] = e.values[layer][:, :n]
+            past.update(k, v, layer)
+        return enc, past, reuse
+
+    def _store(self, reqs: list[ChatRequest], enc: dict, out, past) -> None:
+        """Keep each row's real tokens (prompt and reply up to its end) with their keys and values."""
+        from .prefix_cache import CachedPrefix
+
+        cached_len = past.get_seq_length()
+        prompt_len = enc["input_ids"].shape[1]
+        eos = self.tokenizer.eos_token_id
+        for i, r in enumerate(reqs):
+            if not r.prefix_key:
+                continue
+            gen = out[i, prompt_len:].tolist()
+            n_gen = gen.index(eos) + 1 if eos in gen else len(gen)
+            real = enc["attention_mask"][i].nonzero().flatten().tolist()
+            positions = [p for p in real + list(range(prompt_len, prompt_len + n_gen)) if p < cached_len]
+            idx = __import__("torch").tensor(positions, device=out.device)
+            keys = [layer.keys[i].index_select(1, idx).clone() for layer in past.layers]
+            values = [layer.values[i].index_select(1, idx).clone() for layer in past.layers]
+            self.prefix_cache.store(r.prefix_key, CachedPrefix(out[i, positions].tolist(), keys, values))

@@ -1,0 +1,184 @@
+"""``agreemate bench``: the naive path (one dialogue at a time, full prompt every turn, as the paper ran) against
+the engine (lockstep batching of every negotiation, KV-cache reuse across turns, structured decoding), on the same
+scenarios, seeds and agents, in one process; plus the machine's decode ceiling and, where installed, llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .agents import Agent, AgentSpec
+from .runner import RunConfig, run_negotiations
+from .scenarios import sample_scenarios
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover
+        return float("nan")
+
+
+@dataclass
+class PathResult:
+    name: str
+    wall_s: float
+    negotiations: int
+    turns: int
+    generated_tokens: int
+    prompt_tokens: int  # tokens actually prefilled
+    transcripts: list
+    generate_s: float = 0.0
+    processor_s: float = 0.0
+    calls: int = 0
+    reused_tokens: int = 0
+
+    @property
+    def negotiations_per_min(self) -> float:
+        return 60 * self.negotiations / self.wall_s
+
+    def summary(self) -> dict:
+        return {"wall_s": round(self.wall_s, 2), "negotiations_per_min": round(self.negotiations_per_min, 2),
+                "turns": self.turns, "generated_tokens_per_s": round(self.generated_tokens / self.wall_s, 1),
+                "prompt_tokens_per_s": round(self.prompt_tokens / self.wall_s, 1),
+                "prefilled_tokens": self.prompt_tokens, "reused_prompt_tokens": self.reused_tokens,
+                "generate_calls": self.calls, "generate_s": round(self.generate_s, 2),
+                "structured_processor_s": round(self.processor_s, 2),
+                "outside_generate_s": round(self.wall_s - self.generate_s, 2)}
+
+
+def _run(name, scenarios, spec, backend, cfg) -> PathResult:
+    agent = Agent(spec, backend)
+    s0 = dict(getattr(backend, "stats", {}))
+    pc = getattr(backend, "prefix_cache", None)
+    r0 = pc.reused_tokens if pc else 0
+    t = time.perf_counter()
+    negs = run_negotiations(scenarios, agent, agent, cfg)
+    wall = time.perf_counter() - t
+    turns = [x for n in negs for x in n.turns]
+    st = getattr(backend, "stats", {})
+    return PathResult(name, wall, len(negs), len(turns), sum(x.tokens_out for x in turns),
+                      sum(x.tokens_in for x in turns),
+                      [[(x.speaker, x.action, x.price, x.utterance) for x in n.turns] for n in negs],
+                      st.get("generate_s", 0) - s0.get("generate_s", 0),
+                      st.get("processor_s", 0) - s0.get("processor_s", 0),
+                      st.get("generate_calls", 0) - s0.get("generate_calls", 0),
+                      (pc.reused_tokens - r0) if pc else 0)
+
+
+def decode_ceiling(backend, batch: int = 32, new_tokens: int = 64) -> float:
+    """Plain batched decode tokens/s of the model on this machine: (t(64 tokens) - t(1 token)) for a batch of 32."""
+    tok, model = backend.tokenizer, backend.model
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Tell me about bicycles."}], tokenize=False,
+                                     add_generation_prompt=True)
+    enc = tok([prompt] * batch, return_tensors="pt", add_special_tokens=False).to(backend.device)
+
+    def timed(n):
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, temperature=None,
+                           top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+        return time.perf_counter() - t
+
+    timed(2)  # warm-up
+    t1, tn = timed(1), timed(new_tokens)
+    return batch * (new_tokens - 1) / (tn - t1)
+
+
+def compare(a: list, b: list) -> dict:
+    same = sum(x == y for x, y in zip(a, b))
+    first = None
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            k = next((j for j, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+            first = {"negotiation": i, "turn": k}
+            break
+    return {"identical": same, "of": len(a), "first_difference": first}
+
+
+def llama_cpp_path(scenarios, spec: AgentSpec, cfg: RunConfig):
+    """(c) llama.cpp on the same GGUF, one dialogue at a time, when llama-cpp-python is installed."""
+    try:
+        from .backends.llama_cpp_backend import LlamaCppBackend
+    except ImportError:
+        return None
+    try:
+        backend = LlamaCppBackend()
+    except ImportError:
+        return None
+    return _run("llama.cpp", scenarios, spec.model_copy(update={"id": "llamacpp"}), backend,
+                RunConfig(**{**cfg.__dict__, "mode": "naive"}))
+
+
+def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = "auto", with_llama_cpp=True) -> dict:
+    from .backends.transformers_backend import TransformersBackend
+
+    scen = sample_scenarios("test", n_scenarios, seed).scenarios
+    spec = AgentSpec(id="smollm2-greedy", temperature=0.0)
+    naive_backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=False, batch_size=1)
+    engine_backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=True, batch_size=64)
+    cfg = RunConfig(max_turns=turns, seed=seed)
+    rss_before = current_rss_mib()
+    engine = _run("engine", scen, spec, engine_backend, cfg)
+    naive = _run("naive", scen, spec, naive_backend, RunConfig(max_turns=turns, seed=seed, mode="naive"))
+    ceiling = decode_ceiling(engine_backend)
+    out = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor":
+                    platform.processor() or platform.machine(), "dtype": str(engine_backend.model.dtype),
+                    "load_average": os.getloadavg()[0]},
+        "scenarios": n_scenarios, "turns": turns,
+        "speedup": round(engine.negotiations_per_min / naive.negotiations_per_min, 2),
+        "negotiations_per_min": round(engine.negotiations_per_min, 2),
+        "naive_negotiations_per_min": round(naive.negotiations_per_min, 2),
+        "generated_tokens_per_s": round(engine.generated_tokens / engine.wall_s, 1),
+        "prompt_tokens_per_s": round(engine.prompt_tokens / engine.wall_s, 1),
+        "decode_ceiling_tokens_per_s": round(ceiling, 1),
+        "decode_fraction_of_ceiling": round(engine.generated_tokens / engine.generate_s / ceiling, 3)
+        if engine.generate_s else None,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "rss_at_start_mib": round(rss_before, 1),
+        "engine": engine.summary(), "naive": naive.summary(),
+        "greedy_transcripts_engine_vs_naive": compare(engine.transcripts, naive.transcripts),
+    }
+    if with_llama_cpp:
+        lc = llama_cpp_path(scen, spec, cfg)
+        if lc is not None:
+            out["llama_cpp"] = lc.summary()
+            out["engine_vs_llama_cpp"] = round(engine.negotiations_per_min / lc.negotiations_per_min, 2)
+    return out
+
+
+def print_report(r: dict) -> None:
+    print(f"machine: {r['machine']}")
+    print(f"{r['scenarios']} scenarios x up to {r['turns']} turns, SmolLM2 buyer and seller, greedy")
+    for name in ("naive", "engine", "llama_cpp"):
+        if name in r:
+            s = r[name]
+            print(f"  {name:9s} {s['negotiations_per_min']:8.2f} negotiations/min  {s['generated_tokens_per_s']:7.1f} "
+                  f"gen tok/s  {s['prompt_tokens_per_s']:8.1f} prompt tok/s  ({s['wall_s']} s, {s['generate_calls']} "
+                  f"generate calls, {s['reused_prompt_tokens']} prompt tokens reused)")
+    print(f"speedup engine/naive: {r['speedup']}x")
+    if "engine_vs_llama_cpp" in r:
+        print(f"engine/llama.cpp: {r['engine_vs_llama_cpp']}x")
+    print(f"decode ceiling (batch 32 x 64 tokens): {r['decode_ceiling_tokens_per_s']} tok/s; engine decode while "
+          f"generating: {r['decode_fraction_of_ceiling']} of it")
+    e = r["engine"]
+    print(f"engine time: generate {e['generate_s']} s (structured-output processor {e['structured_processor_s']} s), "
+          f"outside generate {e['outside_generate_s']} s")
+    print(f"peak RSS: {r['peak_rss_mib']} MiB")
+    c = r["greedy_transcripts_engine_vs_naive"]
+    print(f"greedy transcripts identical: {c['identical']}/{c['of']}"
+          + ("" if c["identical"] == c["of"] else f" (first difference {c['first_difference']}: bf16 rounding under "
+             "different batch/padding layouts; with --dtype fp32 they are identical)"))
