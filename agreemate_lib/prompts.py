@@ -64,8 +64,32 @@ def few_shot_examples(role: str, listing_price: float, cot: bool) -> list[dict[s
     return ex
 
 
+#: The part of every system prompt that does not depend on the agent or the listing. It comes first, so a local
+#: backend computes its keys and values once and every negotiation reuses them (see backends/prefix_cache.py).
+CONTRACT = (
+    "You are haggling on Craigslist, one message at a time.\n"
+    "Reply with one JSON object and nothing else, with the keys {fields}\"action\", \"utterance\" and \"price\".\n"
+    "\"action\" is one of:\n"
+    "- intro: greet the other side\n"
+    "- init-price: name your first price\n"
+    "- offer: propose a price\n"
+    "- counter-price: answer their price with another\n"
+    "- insist: repeat your last price\n"
+    "- agree / disagree: agree or disagree with what they said\n"
+    "- accept: take the other side's latest price (this ends the negotiation with a deal)\n"
+    "- inform: answer a question or describe the item\n"
+    "- inquire: ask a question\n"
+    "- reject: turn down their latest price and walk away (no deal)\n"
+    "- quit: walk away (no deal)\n"
+    "\"utterance\" is what you say to the other side.\n"
+    "\"price\" is the number you propose in this message, or null.\n"
+    "Keep your target price secret.\n"
+)
+
+
 def system_prompt(role: str, view: dict[str, Any], personality: str = "", cot: bool = False,
                   max_turns: int = 15) -> str:
+    """Generic contract first (shared by every negotiation), then the role, the listing and scaled examples."""
     other = "seller" if role == "buyer" else "buyer"
     goal = (
         f"You are the buyer. Buy the item for as little as possible; your target price is {_money(view['target'])}."
@@ -73,12 +97,12 @@ def system_prompt(role: str, view: dict[str, Any], personality: str = "", cot: b
         else f"You are the seller. Sell the item for as much as possible; your target price is "
         f"{_money(view['target'])} and you never accept less than {_money(view['bottom_line'])}."
     )
-    desc = (view.get("description") or "")[:600]
+    desc = (view.get("description") or "")[:400]
     fields = '"reasoning" (a short private thought, never shown to the other side), ' if cot else ""
     lines = [
-        f"You are negotiating on Craigslist with a {other}, one message at a time, at most {max_turns} messages in all.",
+        CONTRACT.format(fields=fields),
         goal,
-        "Keep your target price secret.",
+        f"You talk with the {other}; the negotiation has at most {max_turns} messages in all.",
         PERSONALITIES.get(personality, ""),
         "",
         "The listing:",
@@ -87,10 +111,7 @@ def system_prompt(role: str, view: dict[str, Any], personality: str = "", cot: b
         f"- Listing price: {_money(view['listing_price'])}",
         f"- Description: {desc}",
         "",
-        f"Reply with one JSON object and nothing else, with the keys {fields}\"action\", \"utterance\" and \"price\".",
-        f"\"action\" is one of: {', '.join(CHOOSABLE_ACTS)}. Use accept only to take the {other}'s latest price.",
-        "\"price\" is the number you propose in this message, or null.",
-        "Examples:",
+        "Examples of replies:",
         *(json.dumps(e) for e in few_shot_examples(role, view["listing_price"], cot)),
     ]
     return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")

@@ -16,13 +16,31 @@ import torch
 
 @dataclass
 class CachedPrefix:
+    """Token ids and per-layer keys/values. With ``base``, the tensors hold only the positions after the base's
+    tokens (a conversation stores the shared head once, not once per conversation)."""
+
     ids: list[int]
-    keys: list[torch.Tensor]  # per layer: (kv_heads, T, head_dim)
+    keys: list[torch.Tensor]  # per layer: (kv_heads, T - len(base.ids), head_dim)
     values: list[torch.Tensor]
+    base: "CachedPrefix | None" = None
 
     @property
     def length(self) -> int:
         return len(self.ids)
+
+    @property
+    def own_length(self) -> int:
+        return len(self.ids) - (self.base.length if self.base else 0)
+
+    def copy_into(self, layer: int, k_out: torch.Tensor, v_out: torch.Tensor, n: int) -> None:
+        """Write the first ``n`` positions' keys/values of ``layer`` into (kv_heads, n, head_dim) views."""
+        b = self.base.length if self.base else 0
+        if self.base is not None and b > 0:
+            m = min(n, b)
+            self.base.copy_into(layer, k_out[:, :m], v_out[:, :m], m)
+        if n > b:
+            k_out[:, b:n] = self.keys[layer][:, : n - b]
+            v_out[:, b:n] = self.values[layer][:, : n - b]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -37,16 +55,29 @@ class PrefixCache:
     def __init__(self, max_tokens: int = 64_000):
         self.max_tokens = max_tokens
         self.entries: OrderedDict[str, CachedPrefix] = OrderedDict()
+        self.shared: dict[int, CachedPrefix] = {}
         self.reused_tokens = 0
         self.prefilled_tokens = 0
 
     def lookup(self, key: str, ids: list[int]) -> tuple[CachedPrefix | None, int]:
-        """The entry and how many leading tokens of ``ids`` it covers (always leaving one token to feed)."""
-        entry = self.entries.get(key) if key else None
-        if entry is None:
-            return None, 0
-        self.entries.move_to_end(key)
-        return entry, min(common_prefix(entry.ids, ids), len(ids) - 1)
+        """The entry covering most leading tokens of ``ids`` (always leaving one token to feed): the
+        conversation's own entry, or a shared prefix (the common head of many conversations' prompts)."""
+        best, best_n = None, 0
+        own = self.entries.get(key) if key else None
+        if own is not None:
+            self.entries.move_to_end(key)
+            best, best_n = own, common_prefix(own.ids, ids)
+        for e in self.shared.values():
+            n = common_prefix(e.ids, ids)
+            if n > best_n:
+                best, best_n = e, n
+        return best, min(best_n, len(ids) - 1)
+
+    def store_shared(self, entry: CachedPrefix) -> None:
+        key = hash(tuple(entry.ids))
+        self.shared[key] = entry
+        while len(self.shared) > 16:
+            self.shared.pop(next(iter(self.shared)))
 
     def store(self, key: str, entry: CachedPrefix) -> None:
         if not key:
@@ -60,8 +91,17 @@ class PrefixCache:
         for k in keys:
             self.entries.pop(k, None)
 
+    def base_for(self, ids: list[int]) -> "CachedPrefix | None":
+        """The longest shared entry that is a whole prefix of ``ids``."""
+        best = None
+        for e in self.shared.values():
+            if e.length <= len(ids) and ids[: e.length] == e.ids and (best is None or e.length > best.length):
+                best = e
+        return best
+
     def total_tokens(self) -> int:
-        return sum(e.length for e in self.entries.values())
+        return sum(e.own_length for e in self.entries.values())
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for e in self.entries.values() for t in (*e.keys, *e.values))
+        every = list(self.entries.values()) + list(self.shared.values())
+        return sum(t.numel() * t.element_size() for e in every for t in (*e.keys, *e.values))

@@ -125,8 +125,29 @@ class TransformersBackend(ChatBackend):
         from .prefix_cache import PrefixCache
 
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
-        #: Where time goes: total generate time, the structured-output processor's share, calls.
-        self.stats = {"generate_s": 0.0, "processor_s": 0.0, "generate_calls": 0}
+        #: Where time goes: generate calls, model forwards split into prefill (several new tokens) and decode
+        #: (one new token per row), and the structured-output processor (Python).
+        self.stats = {"generate_s": 0.0, "processor_s": 0.0, "generate_calls": 0, "prefill_s": 0.0,
+                      "decode_s": 0.0, "decode_steps": 0}
+        self._install_timers()
+
+    def _install_timers(self) -> None:
+        state = {}
+
+        def pre(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            state["t"], state["n"] = time.perf_counter(), (ids.shape[1] if ids is not None else 1)
+
+        def post(module, args, kwargs, output):
+            dt = time.perf_counter() - state.get("t", time.perf_counter())
+            if state.get("n", 1) > 1:
+                self.stats["prefill_s"] += dt
+            else:
+                self.stats["decode_s"] += dt
+                self.stats["decode_steps"] += 1
+
+        self.model.register_forward_pre_hook(pre, with_kwargs=True)
+        self.model.register_forward_hook(post, with_kwargs=True)
 
     def release(self, prefix_keys: list[str]) -> None:
         if self.prefix_cache is not None:
@@ -236,6 +257,8 @@ class TransformersBackend(ChatBackend):
 
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         cache = self.prefix_cache
+        if cache is not None:
+            self._share_common_head(reqs, ids)
         hits = [cache.lookup(r.prefix_key, x) if cache is not None else (None, 0) for r, x in zip(reqs, ids)]
         reuse = [n for _, n in hits]
         pad = self.tokenizer.pad_token_id
@@ -265,13 +288,37 @@ class TransformersBackend(ChatBackend):
             v = torch.zeros_like(k)
             for i, (e, n) in enumerate(hits):
                 if n:
-                    k[i, :, P - n :] = e.keys[layer][:, :n]
-                    v[i, :, P - n :] = e.values[layer][:, :n]
+                    e.copy_into(layer, k[i, :, P - n :], v[i, :, P - n :], n)
             past.update(k, v, layer)
         return enc, past, reuse
 
+    def _share_common_head(self, reqs: list[ChatRequest], ids: list[list[int]], min_tokens: int = 32) -> None:
+        """Rows with nothing cached (first turns) that start alike: prefill their common head once, as a shared
+        entry every one of them then reuses (the system prompt's generic contract)."""
+        import torch
+
+        from .prefix_cache import CachedPrefix, common_prefix
+
+        cold = [x for r, x in zip(reqs, ids) if self.prefix_cache.lookup(r.prefix_key, x)[1] < min_tokens]
+        if len(cold) < 2:
+            return
+        head = cold[0]
+        n = min(common_prefix(head, x) for x in cold[1:])
+        if n < min_tokens:
+            return
+        from transformers import DynamicCache
+
+        past = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([head[:n]], device=self.device), cache=past, use_cache=True)
+        self.prefix_cache.store_shared(CachedPrefix(head[:n], [l.keys[0].clone() for l in past.layers],
+                                                    [l.values[0].clone() for l in past.layers]))
+        self.prefix_cache.prefilled_tokens += n
+
     def _store(self, reqs: list[ChatRequest], enc: dict, out, past) -> None:
         """Keep each row's real tokens (prompt and reply up to its end) with their keys and values."""
+        import torch
+
         from .prefix_cache import CachedPrefix
 
         cached_len = past.get_seq_length()
@@ -284,7 +331,10 @@ class TransformersBackend(ChatBackend):
             n_gen = gen.index(eos) + 1 if eos in gen else len(gen)
             real = enc["attention_mask"][i].nonzero().flatten().tolist()
             positions = [p for p in real + list(range(prompt_len, prompt_len + n_gen)) if p < cached_len]
-            idx = __import__("torch").tensor(positions, device=out.device)
-            keys = [layer.keys[i].index_select(1, idx).clone() for layer in past.layers]
-            values = [layer.values[i].index_select(1, idx).clone() for layer in past.layers]
-            self.prefix_cache.store(r.prefix_key, CachedPrefix(out[i, positions].tolist(), keys, values))
+            ids = out[i, positions].tolist()
+            base = self.prefix_cache.base_for(ids)
+            own = positions[base.length:] if base else positions
+            idx = torch.tensor(own, device=out.device)
+            keys = [layer.keys[i].index_select(1, idx) for layer in past.layers]
+            values = [layer.values[i].index_select(1, idx) for layer in past.layers]
+            self.prefix_cache.store(r.prefix_key, CachedPrefix(ids, keys, values, base))

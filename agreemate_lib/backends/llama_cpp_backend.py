@@ -1,0 +1,41 @@
+"""llama.cpp in-process (llama-cpp-python) on a GGUF file: the CPU peer users know. One conversation at a time;
+structured output through llama.cpp's JSON-schema grammar. Used by ``agreemate bench`` as path (c)."""
+
+from __future__ import annotations
+
+import os
+
+from .base import ChatBackend, ChatRequest, Completion, GenerationSettings
+from .openai_http import reply_schema
+
+
+class LlamaCppBackend(ChatBackend):
+    def __init__(self, gguf: str | None = None, n_ctx: int = 4096, n_threads: int | None = None):
+        from llama_cpp import Llama  # ImportError when llama-cpp-python is not installed
+
+        from .embedded_model import gguf_path
+
+        path = gguf or str(gguf_path())
+        self.llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False)
+        self.model_id = f"llama.cpp:{os.path.basename(path)}"
+
+    def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
+        out = []
+        for req in requests:
+            schema = reply_schema(req.reply_format.cot, req.reply_format.allowed_acts,
+                                  4 * req.reply_format.max_utterance_tokens)
+            try:
+                r = self.llm.create_chat_completion(
+                    messages=req.messages, response_format={"type": "json_object", "schema": schema},
+                    max_tokens=settings.max_new_tokens + (req.reply_format.max_reasoning_tokens
+                                                          if req.reply_format.cot else 0),
+                    temperature=max(settings.temperature, 0.0), top_p=settings.top_p, seed=settings.seed,
+                    repeat_penalty=settings.repetition_penalty)
+            except Exception as exc:  # noqa: BLE001 - a failed call becomes a failed turn
+                out.append(Completion("", error=f"{type(exc).__name__}: {exc}"))
+                continue
+            usage = r.get("usage") or {}
+            out.append(Completion(r["choices"][0]["message"].get("content") or "",
+                                  int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
+                                  structured=True))
+        return out
