@@ -44,12 +44,16 @@ def test_chain_of_thought_reasoning_comes_first(smollm2_backend):
     assert parse_turn(c.text).reasoning == obj["reasoning"].strip()
 
 
-def test_greedy_is_deterministic_and_batch_matches_single(smollm2_backend):
+def test_greedy_is_deterministic_and_batch_matches_single():
+    """In fp32; in bf16 a different batch layout can flip a near-tie (see docs/performance.md)."""
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend("smollm2", dtype="fp32")
     fmt = ReplyFormat(max_utterance_tokens=16)
     greedy = GenerationSettings(temperature=0.0)
-    single = smollm2_backend.generate([ChatRequest(list(MSGS), fmt, key="x")], greedy)[0].text
+    single = backend.generate([ChatRequest(list(MSGS), fmt, key="x")], greedy)[0].text
     other = [{"role": "system", "content": "You are buying a very old and rather long sofa."},
              {"role": "user", "content": "Hello! The sofa is $300, it is in good shape and comes with cushions."}]
-    batch = smollm2_backend.generate([ChatRequest(list(MSGS), fmt, key="x"), ChatRequest(other, fmt, key="y")],
-                                     greedy)
+    batch = backend.generate([ChatRequest(list(MSGS), fmt, key="x"), ChatRequest(other, fmt, key="y")], greedy)
     assert batch[0].text == single
+    assert backend.generate([ChatRequest(list(MSGS), fmt, key="x")], greedy)[0].text == single

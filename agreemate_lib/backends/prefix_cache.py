@@ -52,8 +52,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class PrefixCache:
-    def __init__(self, max_tokens: int = 64_000):
+    def __init__(self, max_tokens: int = 64_000, min_shared_tokens: int = 32):
         self.max_tokens = max_tokens
+        self.min_shared_tokens = min_shared_tokens
         self.entries: OrderedDict[str, CachedPrefix] = OrderedDict()
         self.shared: dict[int, CachedPrefix] = {}
         self.reused_tokens = 0
@@ -69,7 +70,7 @@ class PrefixCache:
             best, best_n = own, common_prefix(own.ids, ids)
         for e in self.shared.values():
             n = common_prefix(e.ids, ids)
-            if n > best_n:
+            if n > best_n and n >= self.min_shared_tokens:  # a few template tokens are not worth a cache
                 best, best_n = e, n
         return best, min(best_n, len(ids) - 1)
 
