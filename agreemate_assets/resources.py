@@ -21,9 +21,9 @@ class StudySettings(ConfigurableResource):
     roster_path: str = Field(default="", description="Roster YAML (default: agents.yaml in the repo)")
     data_source: str = Field(default="", description="Craigslist Bargains folder or hub id (default: the data setting)")
     split: str = "test"
-    n_scenarios: int = 8
+    n_scenarios: int = 30
     seed: int = 0
-    max_turns: int = 10
+    max_turns: int = 15
     replicates: int = 1
     buyer_opens: bool = True
     response_cache: bool = True
