@@ -59,8 +59,8 @@ def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple
     run(AssetSelection.assets("metrics") | AssetSelection.checks_for_assets("metrics"))
     if with_reports:
         t = time.perf_counter()
-        run(AssetSelection.groups("reports") | AssetSelection.assets(*EVALUATION_ASSETS)
-            | AssetSelection.checks_for_assets("published_runs"))
+        run((AssetSelection.groups("reports") - AssetSelection.assets("figure_training_curves"))
+            | AssetSelection.assets(*EVALUATION_ASSETS) | AssetSelection.checks_for_assets("published_runs"))
         log(f"  evaluation and reports in {time.perf_counter() - t:.0f} s")
     log(f"study done in {time.perf_counter() - t0:.0f} s")
     return results

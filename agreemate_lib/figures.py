@@ -101,3 +101,28 @@ def _inline_ok() -> bool:
         return True
     except ImportError:
         return False
+
+
+def training_curves(curves: pd.DataFrame):
+    """Raw and EMA training loss, validation loss, learning rate per layer group, gradient norm, throughput."""
+    alt = _alt()
+    c = curves.copy()
+    loss = c.melt(id_vars=["step", "role"], value_vars=["loss", "loss_ema", "validation_loss"], var_name="series",
+                  value_name="value").dropna()
+    lr_cols = [x for x in c.columns if x.startswith("lr_layer_")]
+    lrs = c.melt(id_vars=["step", "role"], value_vars=lr_cols, var_name="group", value_name="lr")
+    lrs["layer"] = lrs["group"].str.removeprefix("lr_layer_").astype(int)
+    w = 260
+    p1 = alt.Chart(loss).mark_line(point=True).encode(x="step:Q", y=alt.Y("value:Q", title="loss"),
+                                                      color="series:N", strokeDash="role:N"
+                                                      ).properties(width=w, height=180, title="loss (raw, EMA, val)")
+    p2 = alt.Chart(lrs).mark_line().encode(x="step:Q", y=alt.Y("lr:Q", title="learning rate"),
+                                           color=alt.Color("layer:Q", scale=alt.Scale(scheme="viridis")),
+                                           detail="group:N").properties(width=w, height=180,
+                                                                        title="learning rate per layer (cyclic)")
+    p3 = alt.Chart(c).mark_line(point=True).encode(x="step:Q", y="grad_norm:Q", color="role:N").properties(
+        width=w, height=180, title="gradient norm")
+    p4 = alt.Chart(c).mark_line(point=True).encode(x="step:Q", y=alt.Y("tokens_per_s:Q", title="tokens/s"),
+                                                   color="role:N").properties(width=w, height=180,
+                                                                              title="throughput")
+    return alt.vconcat(alt.hconcat(p1, p2), alt.hconcat(p3, p4))
