@@ -11,14 +11,14 @@ warnings.filterwarnings("ignore", category=PreviewWarning)
 
 from dagster import AutomationConditionSensorDefinition, Definitions, in_process_executor, load_assets_from_modules
 
-from .assets import data, evaluation, negotiation, reports, training
+from .assets import data, evaluation, negotiation, probing, reports, training
 from .assets.training import role_split_checks
 from .checks import metrics_checks, scenarios_checks
 from .resources import default_resources
 from .sensors import roster_sensor
 
 defs = Definitions(
-    assets=load_assets_from_modules([data, negotiation, evaluation, reports, training]),
+    assets=load_assets_from_modules([data, negotiation, evaluation, reports, training, probing]),
     asset_checks=[scenarios_checks, metrics_checks, role_split_checks],
     sensors=[roster_sensor, AutomationConditionSensorDefinition("automation", target="*")],
     resources=default_resources(),

@@ -126,3 +126,28 @@ def training_curves(curves: pd.DataFrame):
                                                    color="role:N").properties(width=w, height=180,
                                                                               title="throughput")
     return alt.vconcat(alt.hconcat(p1, p2), alt.hconcat(p3, p4))
+
+
+def head_heatmap(df: pd.DataFrame, value: str, title: str):
+    """Layer x head heatmap, one panel per variant."""
+    alt = _alt()
+    return alt.Chart(df).mark_rect().encode(
+        x=alt.X("head:O"), y=alt.Y("layer:O", sort="descending"),
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme="redblue", domainMid=0 if value == "difference" else 1)),
+        tooltip=["variant", "layer", "head", alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(width=150, height=300).facet(column="variant:N").properties(title=title)
+
+
+def token_attention(df: pd.DataFrame):
+    """Tokens as rows, one column per head, colour = attention weight from the query (a price token)."""
+    alt = _alt()
+    base = alt.Chart(df).encode(y=alt.Y("position:O", axis=alt.Axis(labels=False, title="token")),
+                                x=alt.X("head:N", title=None))
+    rect = base.mark_rect().encode(color=alt.Color("weight:Q", scale=alt.Scale(scheme="oranges")),
+                                   tooltip=["token", "tag", "weight"])
+    labels = alt.Chart(df[df["head"] == df["head"].iloc[0]]).mark_text(align="right", dx=-4, fontSize=8).encode(
+        y=alt.Y("position:O", axis=None), text="token:N",
+        color=alt.Color("tag:N", scale=alt.Scale(domain=["other", "price", "verb", "control"],
+                                                 range=["#555", "#d62728", "#1f77b4", "#2ca02c"])))
+    return alt.hconcat(labels.properties(width=90), rect.properties(width=180)).properties(
+        title="attention from the last price token, top heads")

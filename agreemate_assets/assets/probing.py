@@ -1,0 +1,185 @@
+"""Probing assets: attention head statistics per model variant (base and each role adapter), and comparisons."""
+
+import base64
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    StaticPartitionMapping,
+    StaticPartitionsDefinition,
+    asset,
+)
+
+from agreemate_lib.transcripts import atomic_write_parquet
+
+from ..metadata import md_table
+from ..resources import StudySettings
+from .training import adapter_dir
+
+VARIANTS = ("base", "buyer", "seller", "generalist")
+variant_partitions = StaticPartitionsDefinition(list(VARIANTS))
+QUANTITIES = ("mass_verb", "mass_control", "ratio", "ld_mass_verb", "ld_mass_control", "ld_ratio")
+
+
+def probe_dir(study: StudySettings) -> Path:
+    return study.results_path() / "probing"
+
+
+def sample_transcripts(study: StudySettings, n: int, seed: int):
+    """A fixed, seeded set: half our own runs (when any are materialized), half human dialogues."""
+    from agreemate_lib.evaluation import human_negotiations
+    from agreemate_lib.report import load_study
+    from agreemate_lib.transcripts import frame_to_negotiations
+
+    rng = random.Random(seed)
+    _, turns = load_study(study.results_path())
+    ours = frame_to_negotiations(turns) if len(turns) else []
+    ours = [x for x in ours if len(x.turns) >= 3]
+    humans = human_negotiations("validation", study.source())
+    k = min(len(ours), n // 2)
+    picked = rng.sample(sorted(ours, key=lambda x: x.negotiation_id), k) + \
+        rng.sample(sorted(humans, key=lambda x: x.negotiation_id), n - k)
+    return picked
+
+
+def load_probe_model(variant: str, study: StudySettings):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agreemate_lib.backends.embedded_model import converted_dir
+
+    path = converted_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    if variant != "base":
+        adir = adapter_dir(study, variant)
+        if not (adir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no {variant} adapter at {adir}: materialize lora_adapters[{variant}] first")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adir)).merge_and_unload()
+    model.eval()
+    return tok, model
+
+
+@asset(group_name="probing", partitions_def=variant_partitions, code_version="1",
+       deps=[AssetDep("lora_adapters", partition_mapping=StaticPartitionMapping(
+           {"buyer": "buyer", "seller": "seller", "generalist": "generalist"}))],
+       description="Per layer and head: attention mass from price tokens to negotiation verbs vs control verbs "
+                   "(and across turns), with bootstrap CIs over a seeded set of transcripts; heads ranked.")
+def probing_outputs(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
+    from agreemate_lib.probing import probe, summarize_probe, transcript_texts
+
+    variant = context.partition_key
+    t0 = time.perf_counter()
+    negs = sample_transcripts(study, 24, study.seed)
+    tok, model = load_probe_model(variant, study)
+    texts = transcript_texts(negs, tok)
+    results, kept = probe(model, tok, texts)
+    summary = summarize_probe(results, n_boot=1000, seed=study.seed)
+    L, H = summary["ratio"][0].shape
+    rows = []
+    for q in QUANTITIES:
+        mean, low, high = summary[q]
+        for layer in range(L):
+            for head in range(H):
+                rows.append({"variant": variant, "quantity": q, "layer": layer, "head": head,
+                             "mean": mean[layer, head], "ci_low": low[layer, head], "ci_high": high[layer, head]})
+    out = probe_dir(study)
+    path = atomic_write_parquet(pd.DataFrame(rows), out / f"heads_{variant}.parquet")
+    per = pd.DataFrame([{"variant": variant, "transcript": kept[i]["index"], "negotiation_id":
+                         negs[kept[i]["index"]].negotiation_id, "layer": layer, "head": head,
+                         "ratio": r.ratio[layer, head], "ld_ratio": r.ld_ratio[layer, head]}
+                        for i, r in enumerate(results) for layer in range(L) for head in range(H)])
+    atomic_write_parquet(per, out / f"per_transcript_{variant}.parquet")
+    mean, low, high = summary["ratio"]
+    top = pd.DataFrame([{"rank": k + 1, "layer": l, "head": h, "ratio": mean[l, h], "ci_low": low[l, h],
+                         "ci_high": high[l, h]} for k, (l, h) in enumerate(summary["ranking"][:5])])
+    rank_of = {lh: k + 1 for k, lh in enumerate(summary["ranking"])}
+    paper = {"layer1_head3 (0-based)": rank_of.get((1, 3)), "layer1_head3 (1-based: 0,2)": rank_of.get((0, 2)),
+             "layer2_head14": "does not exist here (9 heads per layer)"}
+    return MaterializeResult(metadata={
+        "transcripts": len(results), "heads": L * H, "top5": MetadataValue.md(md_table(top)),
+        "paper_heads_rank_of_270": MetadataValue.json(paper), "wall_s": round(time.perf_counter() - t0, 1),
+        "path": MetadataValue.path(str(path))})
+
+
+@asset(group_name="probing", deps=[probing_outputs], code_version="1",
+       description="Per-head differences adapter - base with paired bootstrap CIs; heatmaps of the verb/control "
+                   "ratio per variant and of the differences; a token-level view of the top heads.")
+def probing_comparison(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
+    from agreemate_lib.figures import head_heatmap, save_chart
+
+    out = probe_dir(study)
+    have = [v for v in VARIANTS if (out / f"per_transcript_{v}.parquet").is_file()]
+    if "base" not in have:
+        raise FileNotFoundError("materialize probing_outputs[base] first")
+    heads = pd.concat([pd.read_parquet(out / f"heads_{v}.parquet") for v in have], ignore_index=True)
+    ratio = heads[heads["quantity"] == "ratio"]
+    base = pd.read_parquet(out / "per_transcript_base.parquet")
+    rng = np.random.default_rng(study.seed)
+    diffs = []
+    for v in have:
+        if v == "base":
+            continue
+        other = pd.read_parquet(out / f"per_transcript_{v}.parquet")
+        m = base.merge(other, on=["negotiation_id", "layer", "head"], suffixes=("_base", "_adapter"))
+        for (layer, head), g in m.groupby(["layer", "head"]):
+            d = (g["ratio_adapter"] - g["ratio_base"]).to_numpy()
+            boots = d[rng.integers(0, len(d), size=(1000, len(d)))].mean(1)
+            diffs.append({"variant": v, "layer": layer, "head": head, "difference": d.mean(),
+                          "ci_low": np.quantile(boots, 0.025), "ci_high": np.quantile(boots, 0.975),
+                          "n": len(d)})
+    diff_df = pd.DataFrame(diffs)
+    atomic_write_parquet(diff_df, out / "differences.parquet")
+    figs = study.results_path() / "figures"
+    paths = save_chart(head_heatmap(ratio, "mean", "verb/control attention ratio per head"), figs,
+                       "probing_ratio_heatmap")
+    meta = {"variants": MetadataValue.json(have),
+            "figure": MetadataValue.md("![ratio](data:image/png;base64,"
+                                       + base64.b64encode(paths["png"].read_bytes()).decode() + ")")}
+    if len(diff_df):
+        dp = save_chart(head_heatmap(diff_df, "difference", "adapter - base, ratio per head"), figs,
+                        "probing_difference_heatmap")
+        meta["difference_figure"] = MetadataValue.md("![diff](data:image/png;base64,"
+                                                     + base64.b64encode(dp["png"].read_bytes()).decode() + ")")
+        sig = diff_df[(diff_df["ci_low"] > 0) | (diff_df["ci_high"] < 0)]
+        meta["heads_with_ci_excluding_0"] = len(sig)
+    tok_paths = _token_view(study, ratio)
+    meta["token_view"] = MetadataValue.path(str(tok_paths["png"]))
+    return MaterializeResult(metadata=meta)
+
+
+def _token_view(study: StudySettings, ratio: pd.DataFrame):
+    """Attention from the last price token to each earlier token, for the base model's top 3 heads."""
+    import torch
+
+    from agreemate_lib.figures import save_chart, token_attention
+    from agreemate_lib.probing import tag_tokens, transcript_texts
+
+    base = ratio[ratio["variant"] == "base"].sort_values(["mean", "layer", "head"], ascending=[False, True, True])
+    top = list(base[["layer", "head"]].head(3).itertuples(index=False, name=None))
+    negs = sample_transcripts(study, 24, study.seed)
+    tok, model = load_probe_model("base", study)
+    text = next(t for t in transcript_texts(negs, tok) if "$" in t)
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=False, truncation=True, max_length=1024)
+    tags = tag_tokens(text, [tuple(o) for o in enc["offset_mapping"]])
+    q = int(np.where(tags == 1)[0][-1])
+    with torch.inference_mode():
+        att = model(input_ids=torch.tensor([enc["input_ids"]]), output_attentions=True).attentions
+    lo = max(0, q - 60)
+    rows = []
+    for layer, head in top:
+        w = att[layer][0, head, q, lo : q + 1].numpy()
+        for i, weight in enumerate(w):
+            rows.append({"position": lo + i, "token": tok.decode([enc["input_ids"][lo + i]]).replace("\n", "\\n"),
+                         "tag": ("other", "price", "verb", "control")[tags[lo + i]],
+                         "head": f"L{layer}H{head}", "weight": float(weight)})
+    return save_chart(token_attention(pd.DataFrame(rows)), study.results_path() / "figures", "probing_token_view")
