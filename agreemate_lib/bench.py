@@ -4,7 +4,6 @@ scenarios, seeds and agents, in one process; plus the machine's decode ceiling a
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -11,9 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .metric_tables import negotiation_table, summarize, summarize_pairs_then_groups
-from .metrics import METRIC_NAMES, NegotiationOutcome, negotiation_metrics
 from .transcripts import Negotiation, Turn
-from .vocabulary import normalize_action
 
 SIZES = ("3B", "8B", "70B")
 TABLE3_METRICS = ("aggressiveness", "bias", "dialogue_length", "fairness", "concession_rate", "probing_ratio",
@@ -101,26 +98,12 @@ def human_negotiations(split: str = "validation", source: str | None = None, ann
     Turns are the dialogue's messages and events with their annotated intents and prices. A deal is an ``accept``
     event; its price is the last ``offer`` event's price (the Craigslist interface's formal offer).
     """
-    from .scenarios import _from_hf_row, iter_raw_rows, ScenarioError
+    from .craigslist_dialogues import iter_annotated_dialogues
 
     out: list[Negotiation] = []
-    for row, rec in enumerate(iter_raw_rows(split, source)):
-        acts = rec.get("dialogue_acts") or {}
-        intents, prices = list(acts.get("intent") or []), list(acts.get("price") or [])
-        if annotated_only and not any(i for i in intents):
-            continue
-        try:
-            sc = _from_hf_row(split, row, rec, 0.7)
-        except ScenarioError:
-            continue
-        roles = list(rec["agent_info"]["Role"])
-        turns = []
-        for k, (agent, utt) in enumerate(zip(rec["agent_turn"], rec["utterance"])):
-            intent = intents[k] if k < len(intents) else ""
-            action, known = normalize_action(intent or "unknown")
-            price = prices[k] if k < len(prices) and prices[k] not in (None, -1, -1.0) else None
-            turns.append(Turn(index=k, speaker=roles[agent], action=action, utterance=utt or "",
-                              price=None if price is None else float(price), action_known=known, structured=True))
+    for _, sc, hturns in iter_annotated_dialogues(split, source, annotated_only):
+        turns = [Turn(index=k, speaker=t.speaker, action=t.action, utterance=t.utterance, price=t.price,
+                      action_known=t.action_known, structured=True) for k, t in enumerate(hturns)]
         neg = Negotiation(f"human+human:{sc.scenario_id}:r0", sc.to_dict(), "human", "human", seed=0, turns=turns)
         last_offer = next((t.price for t in reversed(turns) if t.action == "offer" and t.price is not None), None)
         ending = next((t for t in reversed(turns) if t.action in ("accept", "reject", "quit")), None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from .vocabulary import CHOOSABLE_ACTS
 
 PERSONALITIES: dict[str, str] = {
     "": "",

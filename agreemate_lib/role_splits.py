@@ -23,8 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from .prompts import build_messages, system_prompt
-from .scenarios import ScenarioError, _from_hf_row, iter_raw_rows
-from .vocabulary import PRICED_ACTS, normalize_action
+from .vocabulary import PRICED_ACTS
 
 ROLES = ("buyer", "seller", "generalist")
 
@@ -52,26 +51,15 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
 
 
 def craigslist_examples(split: str = "validation", source: str | None = None) -> pd.DataFrame:
+    from .craigslist_dialogues import iter_annotated_dialogues
+
     rows = []
-    for row, rec in enumerate(iter_raw_rows(split, source)):
-        acts = rec.get("dialogue_acts") or {}
-        intents, prices = list(acts.get("intent") or []), list(acts.get("price") or [])
-        if not any(intents):
-            continue
-        try:
-            sc = _from_hf_row(split, row, rec, 0.7)
-        except ScenarioError:
-            continue
-        roles = list(rec["agent_info"]["Role"])
+    for row, sc, hturns in iter_annotated_dialogues(split, source):
         history: list[dict] = []
         last = {"buyer": None, "seller": None}
         dialogue_id = f"cb-{split}-{row:05d}"
-        for k, (agent, utt) in enumerate(zip(rec["agent_turn"], rec["utterance"])):
-            role = roles[agent]
-            intent = intents[k] if k < len(intents) else ""
-            action, known = normalize_action(intent or "unknown")
-            price = prices[k] if k < len(prices) and prices[k] not in (None, -1, -1.0) else None
-            price = None if price is None else float(price)
+        for k, ht in enumerate(hturns):
+            role, action, utt, price = ht.speaker, ht.action, ht.utterance, ht.price
             other = "seller" if role == "buyer" else "buyer"
             if action == "unknown" or (action in PRICED_ACTS and price is None):
                 pass  # not a clean training target; it still enters the history below

@@ -10,7 +10,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetOut,
     AssetSpec,
     Config,
     MaterializeResult,
@@ -26,7 +25,6 @@ from agreemate_lib.role_splits import ROLES, build_role_splits
 from agreemate_lib.transcripts import atomic_write_parquet
 
 from ..gx_validation import validate
-from ..metadata import md_table
 from ..resources import StudySettings
 
 role_partitions = StaticPartitionsDefinition(list(ROLES))

@@ -62,7 +62,6 @@ def file_digest(path: str | Path) -> str:
 def load_model(model: str, *, dtype: str = "auto", device: str = "auto", quantization: str | None = None,
                adapter: str | None = None, attn_implementation: str | None = None):
     """Load (once per process) a tokenizer and a causal LM; the same base is shared by every agent that names it."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(model)
