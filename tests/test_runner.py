@@ -126,3 +126,25 @@ def test_two_real_smollm2_negotiations(data_dir, smollm2_backend):
     assert [t.utterance for n in negs for t in n.turns] == [t.utterance for n in again for t in n.turns]
     for n in negs:
         assert n.turns[0].action not in ("accept", "reject", "quit")  # enforced by the turn's allowed acts
+
+
+@pytest.mark.slow
+def test_chain_of_thought_reasoning_is_stored_and_private(data_dir, smollm2_backend):
+    from agreemate_lib.scenarios import sample_scenarios
+
+    scen = sample_scenarios("test", 2, seed=4).scenarios
+    cot = Agent(AgentSpec(id="cot", cot=True, temperature=0.0, max_utterance_tokens=16, max_reasoning_tokens=16),
+                smollm2_backend)
+    plain = Agent(AgentSpec(id="plain", temperature=0.0, max_utterance_tokens=16), smollm2_backend)
+    negs = run_negotiations(scen, cot, plain, RunConfig(max_turns=3, seed=0))
+    buyer_turns = [t for n in negs for t in n.turns if t.speaker == "buyer"]
+    assert buyer_turns and all(t.reasoning for t in buyer_turns)
+    # the seller's next prompt shows the buyer's words, never its reasoning
+    from agreemate_lib.runner import _Live
+
+    n = negs[0]
+    live = _Live(n, scen[0])
+    seller_view = plain.requests_for("seller", [live.state("seller", RunConfig(max_turns=3))])[0].messages
+    buyer_view = cot.requests_for("buyer", [live.state("buyer", RunConfig(max_turns=3))])[0].messages
+    assert n.turns[0].reasoning not in " ".join(m["content"] for m in seller_view)
+    assert n.turns[0].reasoning in " ".join(m["content"] for m in buyer_view)  # the buyer remembers its own
