@@ -8,11 +8,12 @@ tokens among the keys it can see, averaged over the transcript's price tokens:
 
     mass_verb[l, h]    = mean_q  sum_{k in verbs, k < q} A[l, h, q, k]
     mass_control[l, h] = mean_q  sum_{k in controls, k < q} A[l, h, q, k]
-    ratio[l, h]        = (mass_verb / n_verb_keys) / (mass_control / n_control_keys)   (per-key, so word counts
-                                                                                       do not decide it)
+    per-key masses     = mass_verb / n_verb_keys, mass_control / n_control_keys  (so word counts do not decide)
+    ratio[l, h]        = mean over transcripts of the per-key verb mass / the same for control verbs
 
-and the same restricted to keys in an earlier message than the query (long-distance links across turns).
-Means over transcripts get percentile-bootstrap 95% CIs; heads are ranked by mean ratio (ties by layer, head).
+(a ratio of means: a transcript whose control verbs get almost no attention cannot blow the estimate up), and the
+same restricted to keys in an earlier message than the query (long-distance links across turns). Percentile
+bootstrap 95% CIs resample transcripts; heads are ranked by the ratio (ties by layer, head).
 Attention weights need ``attn_implementation="eager"`` (sdpa returns none).
 """
 
@@ -82,6 +83,22 @@ class HeadMasses:
     n_price: int
     n_verb: int
     n_control: int
+
+    @property
+    def pk_verb(self) -> np.ndarray:
+        return self.mass_verb / self.n_verb
+
+    @property
+    def pk_control(self) -> np.ndarray:
+        return self.mass_control / self.n_control
+
+    @property
+    def ld_pk_verb(self) -> np.ndarray:
+        return self.ld_mass_verb / self.n_verb
+
+    @property
+    def ld_pk_control(self) -> np.ndarray:
+        return self.ld_mass_control / self.n_control
 
 
 def head_masses(attentions: list, tags: np.ndarray, msg: np.ndarray, eps: float = 1e-9) -> HeadMasses | None:
@@ -164,11 +181,23 @@ def probe(model, tokenizer, texts: list[str], max_tokens: int = 1024) -> tuple[l
     return results, kept
 
 
+def ratio_of_means(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0, eps: float = 1e-12
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """num, den: (transcripts, layers, heads) -> ratio of means with a bootstrap CI over transcripts."""
+    rng = np.random.default_rng(seed)
+    n = num.shape[0]
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boots = num[idx].mean(1) / (den[idx].mean(1) + eps)
+    return num.mean(0) / (den.mean(0) + eps), np.quantile(boots, 0.025, axis=0), np.quantile(boots, 0.975, axis=0)
+
+
 def summarize_probe(results: list[HeadMasses], n_boot: int = 1000, seed: int = 0) -> dict:
     """Means and CIs per head for every quantity, plus the ranking by ratio."""
     out = {}
-    for field in ("mass_verb", "mass_control", "ratio", "ld_mass_verb", "ld_mass_control", "ld_ratio"):
-        vals = np.stack([getattr(r, field) for r in results])
-        out[field] = bootstrap_heads(vals, n_boot, seed)
+    for field in ("mass_verb", "mass_control", "ld_mass_verb", "ld_mass_control"):
+        out[field] = bootstrap_heads(np.stack([getattr(r, field) for r in results]), n_boot, seed)
+    for name, prefix in (("ratio", ""), ("ld_ratio", "ld_")):
+        out[name] = ratio_of_means(np.stack([getattr(r, f"{prefix}pk_verb") for r in results]),
+                                   np.stack([getattr(r, f"{prefix}pk_control") for r in results]), n_boot, seed)
     out["ranking"] = rank_heads(out["ratio"][0])
     return out

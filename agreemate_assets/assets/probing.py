@@ -96,7 +96,7 @@ def probing_outputs(context: AssetExecutionContext, study: StudySettings) -> Mat
     path = atomic_write_parquet(pd.DataFrame(rows), out / f"heads_{variant}.parquet")
     per = pd.DataFrame([{"variant": variant, "transcript": kept[i]["index"], "negotiation_id":
                          negs[kept[i]["index"]].negotiation_id, "layer": layer, "head": head,
-                         "ratio": r.ratio[layer, head], "ld_ratio": r.ld_ratio[layer, head]}
+                         "pk_verb": r.pk_verb[layer, head], "pk_control": r.pk_control[layer, head]}
                         for i, r in enumerate(results) for layer in range(L) for head in range(H)])
     atomic_write_parquet(per, out / f"per_transcript_{variant}.parquet")
     mean, low, high = summary["ratio"]
@@ -131,12 +131,19 @@ def probing_comparison(context: AssetExecutionContext, study: StudySettings) -> 
             continue
         other = pd.read_parquet(out / f"per_transcript_{v}.parquet")
         m = base.merge(other, on=["negotiation_id", "layer", "head"], suffixes=("_base", "_adapter"))
+        n = m["negotiation_id"].nunique()
+        idx = rng.integers(0, n, size=(1000, n))  # paired: the same transcripts for base and adapter
         for (layer, head), g in m.groupby(["layer", "head"]):
-            d = (g["ratio_adapter"] - g["ratio_base"]).to_numpy()
-            boots = d[rng.integers(0, len(d), size=(1000, len(d)))].mean(1)
-            diffs.append({"variant": v, "layer": layer, "head": head, "difference": d.mean(),
-                          "ci_low": np.quantile(boots, 0.025), "ci_high": np.quantile(boots, 0.975),
-                          "n": len(d)})
+            g = g.sort_values("negotiation_id")
+            a = g[["pk_verb_adapter", "pk_control_adapter", "pk_verb_base", "pk_control_base"]].to_numpy()
+
+            def diff(rows):
+                r = rows.mean(0) if rows.ndim == 2 else rows.mean(1)
+                return r[..., 0] / r[..., 1] - r[..., 2] / r[..., 3]
+
+            boots = diff(a[idx])
+            diffs.append({"variant": v, "layer": layer, "head": head, "difference": float(diff(a)),
+                          "ci_low": np.quantile(boots, 0.025), "ci_high": np.quantile(boots, 0.975), "n": n})
     diff_df = pd.DataFrame(diffs)
     atomic_write_parquet(diff_df, out / "differences.parquet")
     figs = study.results_path() / "figures"
