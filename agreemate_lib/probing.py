@@ -32,7 +32,8 @@ CONTROL_VERBS = ("know", "knows", "knew", "think", "thinks", "thought", "see", "
                  "looking", "like", "likes", "liked", "need", "needs", "make", "makes", "made", "come", "comes",
                  "came", "try", "tried", "mean", "feel", "hope", "wonder")
 TAGS = ("other", "price", "verb", "control")
-_PRICE_RE = re.compile(r"\$\s?\d[\d,]*(?:\.\d+)?k?|\b\d[\d,]*(?:\.\d+)?\b")
+# Numbers and "$" amounts, but not the runner's "[N messages left]" notes.
+_PRICE_RE = re.compile(r"\$\s?\d[\d,]*(?:\.\d+)?k?|\b\d[\d,]*(?:\.\d+)?\b(?!\s*messages?\b)")
 _WORD_RE = re.compile(r"[A-Za-z]+")
 
 

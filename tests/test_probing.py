@@ -63,3 +63,10 @@ def test_probe_two_layer_slice(data_dir):
     enc = tok(TEXTS[0], return_offsets_mapping=True, add_special_tokens=False)
     m = message_index(TEXTS[0], [tuple(o) for o in enc["offset_mapping"]])
     assert m[0] == 1 and m[-1] == 2
+
+
+def test_turn_notes_are_not_prices():
+    text = "[12 messages left in the negotiation.] I pay $200"
+    offsets = [(0, 1), (1, 3), (3, 12), (12, 38), (38, 40), (40, 44), (44, 46), (46, 49)]
+    tags = tag_tokens(text, offsets)
+    assert tags[1] == 0 and tags[-1] == 1 and tags[-2] == 1
