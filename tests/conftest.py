@@ -26,3 +26,13 @@ def smollm2_backend():
     from agreemate_lib.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend("smollm2")
+
+
+@pytest.fixture()
+def dagster_home(tmp_path, monkeypatch) -> Path:
+    """A fresh, temporary Dagster instance (DAGSTER_HOME) for one test."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home

@@ -28,11 +28,7 @@ ROSTER = {
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch, data_dir):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+def env(tmp_path, dagster_home, data_dir):
     roster = tmp_path / "agents.yaml"
     roster.write_text(yaml.safe_dump(ROSTER))
     from agreemate_assets.resources import StudySettings

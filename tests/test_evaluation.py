@@ -50,14 +50,10 @@ def test_paired_comparison_names_its_test():
 
 
 @pytest.mark.slow
-def test_figure_and_report_assets(tmp_path, monkeypatch, data_dir):
+def test_figure_and_report_assets(tmp_path, dagster_home, data_dir):
     from agreemate_assets.resources import StudySettings
     from agreemate_assets.study import run_study
 
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
     roster = tmp_path / "agents.yaml"
     roster.write_text("agents:\n  - {id: rb, backend: rule-based, model: rule-based}\n"
                       "  - {id: rb-slow, backend: rule-based, model: rule-based, beta: 0.3}\n")

@@ -161,7 +161,7 @@ def test_real_server_faults(llama_server, data_dir):
 
 
 @pytest.mark.slow
-def test_real_server_negotiation_partition(llama_server, tmp_path, monkeypatch, data_dir):
+def test_real_server_negotiation_partition(llama_server, tmp_path, dagster_home, data_dir):
     """A pair with a server-backed agent materializes; its turns are recorded with their raw replies."""
     import yaml
     from dagster import AssetKey, DagsterInstance
@@ -169,10 +169,6 @@ def test_real_server_negotiation_partition(llama_server, tmp_path, monkeypatch, 
     from agreemate_assets.resources import StudySettings
     from agreemate_assets.study import run_study
 
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
     roster = tmp_path / "agents.yaml"
     roster.write_text(yaml.safe_dump({"agents": [
         {"id": "server", "backend": "openai", "model": "smollm2", "base_url": llama_server,
