@@ -233,3 +233,11 @@ def test_dagster_dev_serves_graphql(tmp_path):
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+
+
+def test_metrics_materializes_on_a_fresh_instance(env):
+    instance, study, _ = env
+    res = mat(instance, study, AssetSelection.assets("metrics") | AssetSelection.checks_for_assets("metrics"))
+    assert res.success
+    assert pd.read_parquet(Path(study.results_dir) / "metrics.parquet").empty
+    assert check_passed(instance, "metrics", "agreement_rate_is_a_rate") is True
