@@ -78,11 +78,13 @@ class AgentSpec(BaseModel):
         """Content hash of everything that shapes the agent's behaviour (not its id, notes or enabled flag)."""
         payload = self.model_dump(exclude={"id", "notes", "enabled"})
         if self.adapter:
-            from .backends.transformers_backend import file_digest
             from pathlib import Path
 
-            if Path(self.adapter).exists():
-                payload["adapter_digest"] = file_digest(self.adapter)
+            from .backends.transformers_backend import file_digest
+
+            path = resolve_adapter(self.adapter)
+            if path and Path(path).exists():  # retraining the adapter changes the hash: only its pairs go stale
+                payload["adapter_digest"] = file_digest(path)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -153,6 +155,20 @@ def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", s.lower()).strip("-.") or "agent"
 
 
+def resolve_adapter(adapter: str | None) -> str | None:
+    """An adapter path as written in the roster: absolute, relative to the working directory, or to the repo."""
+    if not adapter:
+        return None
+    from pathlib import Path
+
+    from .settings import repo_root
+
+    p = Path(adapter).expanduser()
+    if p.is_absolute() or p.exists():
+        return str(p)
+    return str(repo_root() / p)
+
+
 def make_backend(spec: AgentSpec) -> ChatBackend:
     if spec.backend == "rule-based":
         from .backends.rule_based import RuleBasedBackend
@@ -161,7 +177,7 @@ def make_backend(spec: AgentSpec) -> ChatBackend:
     if spec.backend == "transformers":
         from .backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend(spec.model, adapter=spec.adapter, dtype=spec.dtype, device=spec.device,
+        return TransformersBackend(spec.model, adapter=resolve_adapter(spec.adapter), dtype=spec.dtype, device=spec.device,
                                    quantization=spec.quantization, structured=spec.structured,
                                    batch_size=spec.batch_size)
     if spec.backend == "openai":
