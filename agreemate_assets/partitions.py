@@ -20,12 +20,6 @@ def pair_key(buyer: str, seller: str) -> MultiPartitionKey:
     return MultiPartitionKey({"buyer": buyer, "seller": seller})
 
 
-def registered_agents(instance) -> set[str]:
-    """Agents that are partitions of both dimensions."""
-    sets = [set(instance.get_dynamic_partitions(name)) for name in AGENT_PARTITION_SETS]
-    return sets[0] & sets[1]
-
-
 def missing_agents(instance, agent_ids) -> dict[str, list[str]]:
     """Per dynamic partition set, the agents not yet registered there (idempotent registration)."""
     out = {}

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from .metrics import NegotiationOutcome
-
-OUTCOMES = ("accepted", "rejected", "quit", "no_deal", "failed")
-
 
 @dataclass
 class Turn:
@@ -220,7 +216,3 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
         fh.write(text)
     os.replace(tmp, path)
     return path
-
-
-def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
-    return atomic_write_text("".join(json.dumps(r, default=str) + "\n" for r in records), path)

@@ -46,8 +46,10 @@ def _all():
 
 
 def mat(instance, study, selection, partition_key=None):
+    from agreemate_assets.definitions import defs
+
     return materialize(_all(), selection=selection, partition_key=partition_key, instance=instance,
-                       resources={"study": study}, raise_on_error=False)
+                       resources=dict(defs.resources) | {"study": study}, raise_on_error=False)
 
 
 def check_passed(instance, asset, check, partition=None):

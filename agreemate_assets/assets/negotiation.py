@@ -2,6 +2,7 @@
 
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from agreemate_lib.transcripts import atomic_write_parquet, atomic_write_text, n
 
 from ..metadata import md_table, transcript_markdown
 from ..partitions import buyer_agents_partitions, pair_partitions, register_agents, seller_agents_partitions
-from ..resources import StudySettings
+from ..resources import InferenceServer, StudySettings
 from ..transcript_checks import TRANSCRIPT_CHECK_NAME, validate_transcripts
 from .data import scenarios, scenarios_path
 
@@ -120,7 +121,7 @@ BY_SELLER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="sel
     code_version="1",
     description="Every scenario negotiated by one buyer agent and one seller agent: one parquet row per turn.",
 )
-def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings):
+def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings, inference_server: InferenceServer):
     keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
     buyer_id, seller_id = keys["buyer"], keys["seller"]
     buyer_spec, seller_spec = load_agent_spec(study, buyer_id), load_agent_spec(study, seller_id)
@@ -129,6 +130,8 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
                     seed=run_settings["seed"], replicates=run_settings["replicates"])
 
     def backend_for(spec: AgentSpec):
+        if spec.backend == "openai" and inference_server.api_key:
+            os.environ.setdefault(spec.api_key_env, inference_server.api_key)  # the key never enters a config
         backend = make_backend(spec)
         if study.response_cache:
             from agreemate_lib.response_cache import CachedBackend, ResponseCache
