@@ -66,14 +66,18 @@ class PathResult:
 
 def _run(name, scenarios, spec, backend, cfg) -> PathResult:
     agent = Agent(spec, backend)
-    s0 = dict(getattr(backend, "stats", {}))
+
+    def stats() -> dict:
+        return {**getattr(backend, "stats", {}), **getattr(backend, "forward_stats", {})}
+
+    s0 = stats()
     pc = getattr(backend, "prefix_cache", None)
     r0 = pc.reused_tokens if pc else 0
     t = time.perf_counter()
     negs = run_negotiations(scenarios, agent, agent, cfg)
     wall = time.perf_counter() - t
     turns = [x for n in negs for x in n.turns]
-    st = getattr(backend, "stats", {})
+    st = stats()
     return PathResult(name, wall, len(negs), len(turns), sum(x.tokens_out for x in turns),
                       sum(x.tokens_in for x in turns),
                       [[(x.speaker, x.action, x.price, x.utterance) for x in n.turns] for n in negs],

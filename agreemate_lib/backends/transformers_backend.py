@@ -11,6 +11,7 @@ from .base import BackendError, ChatBackend, ChatRequest, Completion, Generation
 from .embedded_model import resolve_model_path
 
 _MODELS: dict[tuple, tuple] = {}
+_TABLES: dict[int, object] = {}  # structured-decoding token tables by tokenizer (tokenizers live in _MODELS)
 _LOCK = threading.Lock()
 
 
@@ -103,8 +104,31 @@ def load_model(model: str, *, dtype: str = "auto", device: str = "auto", quantiz
                 raise FileNotFoundError(f"LoRA adapter not found: {adapter}")
             lm = PeftModel.from_pretrained(lm, adapter)
         lm.eval()
+        _attach_forward_timers(lm)
         _MODELS[key] = (tok, lm)
         return tok, lm
+
+
+def _attach_forward_timers(model) -> None:
+    """Time every forward of ``model`` (once per loaded model): prefill vs one-token decode steps."""
+    stats = {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}
+    state: dict = {}
+
+    def pre(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        state["t"], state["n"] = time.perf_counter(), (ids.shape[1] if ids is not None else 1)
+
+    def post(module, args, kwargs, output):
+        dt = time.perf_counter() - state.get("t", time.perf_counter())
+        if state.get("n", 1) > 1:
+            stats["prefill_s"] += dt
+        else:
+            stats["decode_s"] += dt
+            stats["decode_steps"] += 1
+
+    model.register_forward_pre_hook(pre, with_kwargs=True)
+    model.register_forward_hook(post, with_kwargs=True)
+    model._agreemate_forward_stats = stats
 
 
 class TransformersBackend(ChatBackend):
@@ -124,29 +148,11 @@ class TransformersBackend(ChatBackend):
         from .prefix_cache import PrefixCache
 
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
-        #: Where time goes: generate calls, model forwards split into prefill (several new tokens) and decode
-        #: (one new token per row), and the structured-output processor (Python).
-        self.stats = {"generate_s": 0.0, "processor_s": 0.0, "generate_calls": 0, "prefill_s": 0.0,
-                      "decode_s": 0.0, "decode_steps": 0}
-        self._install_timers()
-
-    def _install_timers(self) -> None:
-        state = {}
-
-        def pre(module, args, kwargs):
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            state["t"], state["n"] = time.perf_counter(), (ids.shape[1] if ids is not None else 1)
-
-        def post(module, args, kwargs, output):
-            dt = time.perf_counter() - state.get("t", time.perf_counter())
-            if state.get("n", 1) > 1:
-                self.stats["prefill_s"] += dt
-            else:
-                self.stats["decode_s"] += dt
-                self.stats["decode_steps"] += 1
-
-        self.model.register_forward_pre_hook(pre, with_kwargs=True)
-        self.model.register_forward_hook(post, with_kwargs=True)
+        #: Where this backend's time goes: generate calls and the structured-output processor (Python).
+        self.stats = {"generate_s": 0.0, "processor_s": 0.0, "generate_calls": 0}
+        #: Model forwards split into prefill (several new tokens) and decode (one new token per row); shared by
+        #: every backend on the same loaded model, since it times the model.
+        self.forward_stats = self.model._agreemate_forward_stats
 
     def release(self, prefix_keys: list[str]) -> None:
         if self.prefix_cache is not None:
@@ -154,10 +160,14 @@ class TransformersBackend(ChatBackend):
 
     @property
     def table(self):
+        """The tokenizer's token facts for structured decoding, built once per loaded tokenizer."""
         if self._table is None:
             from .structured import TokenTable
 
-            self._table = TokenTable.build(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+            key = id(self.tokenizer)
+            if key not in _TABLES:
+                _TABLES[key] = TokenTable.build(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+            self._table = _TABLES[key]
         return self._table
 
     def prompt_text(self, req: ChatRequest) -> str:
@@ -165,9 +175,6 @@ class TransformersBackend(ChatBackend):
 
         text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
         return text + (assistant_prefix(req.reply_format.cot) if self.structured else "")
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
         prompts = [self.prompt_text(r) for r in requests]
@@ -187,6 +194,7 @@ class TransformersBackend(ChatBackend):
 
         from .structured import TurnMachine, TurnMachineProcessor, assistant_prefix, max_reply_tokens
 
+        t0 = time.perf_counter()  # generate_s covers encoding and the shared-head prefill too
         enc, past, reuse = self._encode(reqs, prompts)
         seed_src = f"{settings.seed}|" + "|".join(r.key for r in reqs)
         torch.manual_seed(int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16))
@@ -216,7 +224,6 @@ class TransformersBackend(ChatBackend):
             past = DynamicCache(config=self.model.config)
         if past is not None:
             gen_kwargs["cache"] = past
-        t0 = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kwargs)
         self.stats["generate_s"] += time.perf_counter() - t0
