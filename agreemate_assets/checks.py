@@ -6,7 +6,7 @@ from typing import Iterable
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue, multi_asset_check
 
-from agreemate_lib.metrics import METRIC_NAMES
+from agreemate_lib.evaluation.metrics import METRIC_NAMES
 
 from .gx_validation import validate
 from .resources import StudySettings

@@ -9,7 +9,7 @@ from typing import Optional
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from agreemate_lib.settings import repo_root
+from agreemate_lib.core.settings import repo_root
 
 
 class StudySettings(ConfigurableResource):

@@ -13,7 +13,7 @@ from dagster import (
     sensor,
 )
 
-from agreemate_lib.roster import RosterError, load_roster
+from agreemate_lib.negotiation.roster import RosterError, load_roster
 
 from .partitions import missing_agents
 from .resources import StudySettings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from agreemate_lib.roster import default_pairs, load_roster
+from agreemate_lib.negotiation.roster import default_pairs, load_roster
 
 from .definitions import defs
 from .partitions import pair_key, register_agents
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     try:
         import pandas as pd
 
-        from agreemate_lib.metrics import METRIC_NAMES
+        from agreemate_lib.evaluation.metrics import METRIC_NAMES
 
         table = pd.read_parquet(out / "metrics.parquet")
         with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):

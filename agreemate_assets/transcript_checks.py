@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
-from agreemate_lib.vocabulary import VOCABULARY
+from agreemate_lib.core.vocabulary import VOCABULARY
 
 from .gx_validation import ExpectationOutcome, validate
 

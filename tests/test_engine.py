@@ -2,16 +2,16 @@
 
 import pytest
 
-from agreemate_lib.agents import Agent, AgentSpec
+from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.backends.prefix_cache import CachedPrefix, PrefixCache, common_prefix
-from agreemate_lib.runner import RunConfig, run_negotiations
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 
 pytestmark = pytest.mark.slow
 
 
 def test_engine_matches_naive_path_exactly_in_fp32(data_dir):
     from agreemate_lib.backends.transformers_backend import TransformersBackend
-    from agreemate_lib.scenarios import sample_scenarios
+    from agreemate_lib.core.scenarios import sample_scenarios
 
     scen = sample_scenarios("test", 3, seed=2).scenarios
     spec = AgentSpec(id="g", temperature=0.0, max_utterance_tokens=20)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from agreemate_lib.evaluation import (PAPER_TABLE3, TABLE3_METRICS, human_baseline_table, paired_comparison,
+from agreemate_lib.evaluation.comparisons import (PAPER_TABLE3, TABLE3_METRICS, human_baseline_table, paired_comparison,
                                       paper_table3_files, size_cot_files, table3)
 
 from .conftest import PUBLISHED

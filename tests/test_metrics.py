@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from agreemate_lib.metrics import NegotiationOutcome, aggregate, bootstrap_mean, negotiation_metrics
-from agreemate_lib.published_runs import detect_paper_variant, read_published_csv
+from agreemate_lib.evaluation.metrics import NegotiationOutcome, aggregate, bootstrap_mean, negotiation_metrics
+from agreemate_lib.evaluation.paper import detect_paper_variant, read_published_csv
 
 from .conftest import PUBLISHED
 
@@ -123,7 +123,7 @@ def test_paper_mode_reproduces_published_rows(name):
 
 
 def test_cli_metrics_paper_matches_file_means(capsys):
-    from agreemate_lib.cli import main
+    from agreemate_lib.cli.main import main
 
     path = PUBLISHED / "baseline-3B-buyer+baseline-3B-seller.csv"
     assert main(["metrics", str(path), "--formula", "paper", "--json"]) == 0

@@ -4,11 +4,11 @@ import socket
 
 import pytest
 
-from agreemate_lib.agents import Agent, AgentSpec
+from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.backends.base import ChatRequest, GenerationSettings, ReplyFormat
 from agreemate_lib.backends.openai_http import OpenAIBackend
-from agreemate_lib.runner import RunConfig, run_negotiations
-from agreemate_lib.scenarios import make_scenario
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+from agreemate_lib.core.scenarios import make_scenario
 
 from .fake_openai_server import FakeOpenAI
 
@@ -95,7 +95,7 @@ def llama_server():
     import time
     import urllib.request
 
-    from agreemate_lib.backends.embedded_model import gguf_path
+    from agreemate_lib.backends.models import gguf_path
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,8 +124,8 @@ def llama_server():
 
 def agent_requests(data_dir, n=3, acts=("counter-price", "inquire", "accept")):
     """Real seller prompts answering a buyer's offer on real listings."""
-    from agreemate_lib.prompts import build_messages, system_prompt
-    from agreemate_lib.scenarios import sample_scenarios
+    from agreemate_lib.negotiation.prompts import build_messages, system_prompt
+    from agreemate_lib.core.scenarios import sample_scenarios
 
     reqs = []
     for i, sc in enumerate(sample_scenarios("test", n, seed=0).scenarios):
@@ -140,7 +140,7 @@ def agent_requests(data_dir, n=3, acts=("counter-price", "inquire", "accept")):
 def test_real_server_structured_replies(llama_server, data_dir):
     b = OpenAIBackend("smollm2", base_url=llama_server, concurrency=4)
     outs = b.generate(agent_requests(data_dir), GenerationSettings(temperature=0.0, max_new_tokens=96))
-    from agreemate_lib.parsing import parse_turn
+    from agreemate_lib.negotiation.parsing import parse_turn
 
     for c in outs:
         assert c.error is None and c.structured and c.tokens_out > 0, c

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agreemate_lib.parsing import PriceError, extract_prices, parse_price, parse_turn, price_from_utterance
+from agreemate_lib.negotiation.parsing import PriceError, extract_prices, parse_price, parse_turn, price_from_utterance
 
 # (raw reply, expected action, expected price, expected ok)
 UGLY = [

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agreemate_lib.probing import head_masses, message_index, probe, rank_heads, summarize_probe, tag_tokens
+from agreemate_lib.probing.heads import head_masses, message_index, probe, rank_heads, summarize_probe, tag_tokens
 
 TEXTS = [
     "<|im_start|>user\nI want to sell my bike for $200, would you buy it? I think it is great.<|im_end|>\n"
@@ -39,7 +39,7 @@ def test_probe_two_layer_slice(data_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agreemate_lib.backends.embedded_model import converted_dir
+    from agreemate_lib.backends.models import converted_dir
 
     path = converted_dir()
     tok = AutoTokenizer.from_pretrained(path)

@@ -3,8 +3,8 @@
 
 import pytest
 
-from agreemate_lib.agents import AgentSpec, parse_agent_shorthand
-from agreemate_lib.roster import RosterError, default_pairs, load_roster
+from agreemate_lib.negotiation.agents import AgentSpec, parse_agent_shorthand
+from agreemate_lib.negotiation.roster import RosterError, default_pairs, load_roster
 
 
 def test_shipped_roster_loads_with_the_paper_grid():

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from agreemate_lib.agents import Agent, AgentSpec, parse_agent_shorthand
+from agreemate_lib.negotiation.agents import Agent, AgentSpec, parse_agent_shorthand
 from agreemate_lib.backends.base import ChatBackend, Completion
-from agreemate_lib.runner import RunConfig, run_negotiations
-from agreemate_lib.scenarios import make_scenario
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+from agreemate_lib.core.scenarios import make_scenario
 
 
 class Scripted(ChatBackend):
@@ -92,7 +92,7 @@ def test_backend_exception_becomes_a_failed_turn():
 
 
 def test_rule_based_full_run_is_deterministic(data_dir):
-    from agreemate_lib.scenarios import sample_scenarios
+    from agreemate_lib.core.scenarios import sample_scenarios
 
     scen = sample_scenarios("test", 30, seed=0).scenarios
     rb = parse_agent_shorthand("rule-based")
@@ -112,7 +112,7 @@ def test_rule_based_full_run_is_deterministic(data_dir):
 @pytest.mark.slow
 def test_two_real_smollm2_negotiations(data_dir, smollm2_backend):
     """Two SmolLM2 agents, 2 scenarios, 4 turns: real batched generation, structured replies."""
-    from agreemate_lib.scenarios import sample_scenarios
+    from agreemate_lib.core.scenarios import sample_scenarios
 
     scen = sample_scenarios("test", 2, seed=1).scenarios
     spec = AgentSpec(id="smollm2-greedy", temperature=0.0, max_utterance_tokens=24)
@@ -130,7 +130,7 @@ def test_two_real_smollm2_negotiations(data_dir, smollm2_backend):
 
 @pytest.mark.slow
 def test_chain_of_thought_reasoning_is_stored_and_private(data_dir, smollm2_backend):
-    from agreemate_lib.scenarios import sample_scenarios
+    from agreemate_lib.core.scenarios import sample_scenarios
 
     scen = sample_scenarios("test", 2, seed=4).scenarios
     cot = Agent(AgentSpec(id="cot", cot=True, temperature=0.0, max_utterance_tokens=16, max_reasoning_tokens=16),
@@ -140,7 +140,7 @@ def test_chain_of_thought_reasoning_is_stored_and_private(data_dir, smollm2_back
     buyer_turns = [t for n in negs for t in n.turns if t.speaker == "buyer"]
     assert buyer_turns and all(t.reasoning for t in buyer_turns)
     # the seller's next prompt shows the buyer's words, never its reasoning
-    from agreemate_lib.runner import _Live
+    from agreemate_lib.negotiation.runner import _Live
 
     n = negs[0]
     live = _Live(n, scen[0])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agreemate_lib.scenarios import ScenarioError, load_scenarios, make_scenario, sample_scenarios
+from agreemate_lib.core.scenarios import ScenarioError, load_scenarios, make_scenario, sample_scenarios
 
 
 def _row(price=100.0, targets=(60.0, 100.0), title="Bike"):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from agreemate_lib.backends.base import ChatRequest, GenerationSettings, ReplyFormat
-from agreemate_lib.parsing import parse_turn
+from agreemate_lib.negotiation.parsing import parse_turn
 
 pytestmark = pytest.mark.slow
 

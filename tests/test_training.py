@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from agreemate_lib.lora_training import LoraTrainConfig, ema_update, lr_multiplier, train_lora
-from agreemate_lib.role_splits import build_role_splits, dond_examples, numeric_thought, split_by_dialogue
+from agreemate_lib.training.lora import LoraTrainConfig, ema_update, lr_multiplier, train_lora
+from agreemate_lib.training.splits import build_role_splits, dond_examples, numeric_thought, split_by_dialogue
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_train_save_reload_generate(splits, tmp_path, role, quantization):
     # reload with peft through an agent and generate a structured reply
     from agreemate_lib.backends.base import ChatRequest, GenerationSettings, ReplyFormat
     from agreemate_lib.backends.transformers_backend import TransformersBackend
-    from agreemate_lib.parsing import parse_turn
+    from agreemate_lib.negotiation.parsing import parse_turn
 
     backend = TransformersBackend("smollm2", adapter=str(tmp_path / role))
     msgs = json.loads(df.iloc[0]["messages"])

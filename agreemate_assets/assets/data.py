@@ -15,9 +15,9 @@ from dagster import (
     observable_source_asset,
 )
 
-from agreemate_lib import settings as lib_settings
-from agreemate_lib.scenarios import sample_scenarios
-from agreemate_lib.transcripts import atomic_write_parquet
+from agreemate_lib.core import settings as lib_settings
+from agreemate_lib.core.scenarios import sample_scenarios
+from agreemate_lib.core.records import atomic_write_parquet
 
 from ..metadata import md_table
 from ..resources import StudySettings

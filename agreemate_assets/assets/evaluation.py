@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, AutomationCondition, MaterializeResult, MetadataValue, asset
 
-from agreemate_lib.metric_tables import negotiation_table, summarize
-from agreemate_lib.metrics import METRIC_NAMES
-from agreemate_lib.transcripts import atomic_write_parquet, frame_to_negotiations
+from agreemate_lib.evaluation.tables import negotiation_table, summarize
+from agreemate_lib.evaluation.metrics import METRIC_NAMES
+from agreemate_lib.core.records import atomic_write_parquet, frame_to_negotiations
 
 from ..metadata import md_table
 from ..partitions import pair_partitions
@@ -70,7 +70,7 @@ def metrics(context: AssetExecutionContext, study: StudySettings) -> Materialize
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec  # noqa: E402
 
-from agreemate_lib import settings as lib_settings  # noqa: E402
+from agreemate_lib.core import settings as lib_settings  # noqa: E402
 
 
 def published_dir() -> Path | None:
@@ -85,9 +85,9 @@ def published_dir() -> Path | None:
        description="The 90 published AgreeMate CSVs (Llama 3B/8B/70B) as their own pairs (agent ids prefixed "
                    "published-): per-negotiation metrics in both formula modes, and what the checks find.")
 def published_runs(context: AssetExecutionContext, study: StudySettings):
-    from agreemate_lib.metric_tables import published_table
-    from agreemate_lib.published_runs import published_negotiations
-    from agreemate_lib.transcripts import negotiations_to_frame
+    from agreemate_lib.evaluation.tables import published_table
+    from agreemate_lib.evaluation.paper import published_negotiations
+    from agreemate_lib.core.records import negotiations_to_frame
 
     from ..transcript_checks import transcript_outcomes
 
@@ -130,7 +130,7 @@ def published_runs(context: AssetExecutionContext, study: StudySettings):
        description="Human-human Craigslist Bargains dialogues (validation split, annotated intents and prices) "
                    "scored with the same metrics, as the pair human+human.")
 def human_baseline(study: StudySettings) -> MaterializeResult:
-    from agreemate_lib.evaluation import human_baseline_table
+    from agreemate_lib.evaluation.comparisons import human_baseline_table
 
     table = human_baseline_table("validation", study.source())
     path = atomic_write_parquet(table, study.results_path() / "human_baseline.parquet")
@@ -145,8 +145,8 @@ def human_baseline(study: StudySettings) -> MaterializeResult:
        description="The paper's Table 3 (CoT vs no-CoT) reproduced with the paper's formulas and list, and over "
                    "all 36 size x CoT pairs with corrected formulas and CIs.")
 def table3(study: StudySettings) -> MaterializeResult:
-    from agreemate_lib.evaluation import PAPER_TABLE3, TABLE3_METRICS, paper_table3_files, size_cot_files
-    from agreemate_lib.evaluation import table3 as make_table3
+    from agreemate_lib.evaluation.comparisons import PAPER_TABLE3, TABLE3_METRICS, paper_table3_files, size_cot_files
+    from agreemate_lib.evaluation.comparisons import table3 as make_table3
 
     d = published_dir()
     if d is None:
@@ -192,9 +192,9 @@ def _labels(pair_ids: pd.DataFrame, roster: dict) -> pd.DataFrame:
                    "published pairs: means over pairs and pooled over negotiations, with CIs; and paired "
                    "comparisons of pairs that share an opponent, on the same scenarios.")
 def group_tables(study: StudySettings) -> MaterializeResult:
-    from agreemate_lib.evaluation import group_tables as make_groups
-    from agreemate_lib.evaluation import paired_comparison
-    from agreemate_lib.roster import load_roster
+    from agreemate_lib.evaluation.comparisons import group_tables as make_groups
+    from agreemate_lib.evaluation.comparisons import paired_comparison
+    from agreemate_lib.negotiation.roster import load_roster
 
     out = study.results_path()
     frames = []

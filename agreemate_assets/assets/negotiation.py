@@ -19,11 +19,11 @@ from dagster import (
     asset,
 )
 
-from agreemate_lib.agents import Agent, AgentSpec, make_backend
-from agreemate_lib.roster import load_roster
-from agreemate_lib.runner import RunConfig, run_negotiations
-from agreemate_lib.scenarios import Scenario
-from agreemate_lib.transcripts import atomic_write_parquet, atomic_write_text, negotiations_to_frame
+from agreemate_lib.negotiation.agents import Agent, AgentSpec, make_backend
+from agreemate_lib.negotiation.roster import load_roster
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+from agreemate_lib.core.scenarios import Scenario
+from agreemate_lib.core.records import atomic_write_parquet, atomic_write_text, negotiations_to_frame
 
 from ..metadata import md_table, transcript_markdown
 from ..partitions import buyer_agents_partitions, pair_partitions, register_agents, seller_agents_partitions
@@ -134,12 +134,12 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
             os.environ.setdefault(spec.api_key_env, inference_server.api_key)  # the key never enters a config
         backend = make_backend(spec)
         if study.response_cache:
-            from agreemate_lib.response_cache import CachedBackend, ResponseCache
+            from agreemate_lib.backends.cache import CachedBackend, ResponseCache
 
             backend = CachedBackend(backend, ResponseCache(study.results_path() / "response_cache.sqlite"))
         return backend
 
-    from agreemate_lib.estimates import estimate_workload
+    from agreemate_lib.negotiation.estimates import estimate_workload
 
     estimate = estimate_workload(scen, buyer_spec, seller_spec, cfg)
     context.log.info(f"estimate (upper bounds) for {buyer_id}|{seller_id}: {estimate}")

@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from agreemate_lib.transcripts import atomic_write_parquet
+from agreemate_lib.core.records import atomic_write_parquet
 
 from ..metadata import md_table
 from ..resources import StudySettings
@@ -34,9 +34,9 @@ def probe_dir(study: StudySettings) -> Path:
 
 def sample_transcripts(study: StudySettings, n: int, seed: int):
     """A fixed, seeded set: half our own runs (when any are materialized), half human dialogues."""
-    from agreemate_lib.evaluation import human_negotiations
-    from agreemate_lib.report import load_study
-    from agreemate_lib.transcripts import frame_to_negotiations
+    from agreemate_lib.evaluation.comparisons import human_negotiations
+    from agreemate_lib.evaluation.report import load_study
+    from agreemate_lib.core.records import frame_to_negotiations
 
     rng = random.Random(seed)
     _, turns = load_study(study.results_path())
@@ -53,7 +53,7 @@ def load_probe_model(variant: str, study: StudySettings):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agreemate_lib.backends.embedded_model import converted_dir
+    from agreemate_lib.backends.models import converted_dir
 
     path = converted_dir()
     tok = AutoTokenizer.from_pretrained(path)
@@ -75,7 +75,7 @@ def load_probe_model(variant: str, study: StudySettings):
        description="Per layer and head: attention mass from price tokens to negotiation verbs vs control verbs "
                    "(and across turns), with bootstrap CIs over a seeded set of transcripts; heads ranked.")
 def probing_outputs(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
-    from agreemate_lib.probing import probe, summarize_probe, transcript_texts
+    from agreemate_lib.probing.heads import probe, summarize_probe, transcript_texts
 
     variant = context.partition_key
     t0 = time.perf_counter()
@@ -115,7 +115,7 @@ def probing_outputs(context: AssetExecutionContext, study: StudySettings) -> Mat
        description="Per-head differences adapter - base with paired bootstrap CIs; heatmaps of the verb/control "
                    "ratio per variant and of the differences; a token-level view of the top heads.")
 def probing_comparison(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
-    from agreemate_lib.figures import head_heatmap, save_chart
+    from agreemate_lib.evaluation.figures import head_heatmap, save_chart
 
     out = probe_dir(study)
     have = [v for v in VARIANTS if (out / f"per_transcript_{v}.parquet").is_file()]
@@ -168,8 +168,8 @@ def _token_view(study: StudySettings, ratio: pd.DataFrame):
     """Attention from the last price token to each earlier token, for the base model's top 3 heads."""
     import torch
 
-    from agreemate_lib.figures import save_chart, token_attention
-    from agreemate_lib.probing import tag_tokens, transcript_texts
+    from agreemate_lib.evaluation.figures import save_chart, token_attention
+    from agreemate_lib.probing.heads import tag_tokens, transcript_texts
 
     base = ratio[ratio["variant"] == "base"].sort_values(["mean", "layer", "head"], ascending=[False, True, True])
     top = list(base[["layer", "head"]].head(3).itertuples(index=False, name=None))

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 from dagster import AssetsDefinition, MaterializeResult, MetadataValue, asset
 
-from agreemate_lib import figures as F
-from agreemate_lib.report import build_report, load_study
+from agreemate_lib.evaluation import figures as F
+from agreemate_lib.evaluation.report import build_report, load_study
 
 from ..resources import StudySettings
 from .evaluation import human_baseline, metrics, published_dir, published_runs, table3
@@ -17,9 +17,9 @@ FIGURES = [f"heatmap_{m}" for m in F.HEATMAP_METRICS] + ["price_progression", "a
 
 
 def _study_with_humans(study: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from agreemate_lib.evaluation import human_negotiations
-    from agreemate_lib.metric_tables import negotiation_table
-    from agreemate_lib.transcripts import negotiations_to_frame
+    from agreemate_lib.evaluation.comparisons import human_negotiations
+    from agreemate_lib.evaluation.tables import negotiation_table
+    from agreemate_lib.core.records import negotiations_to_frame
 
     table, turns = load_study(study.results_path())
     humans = human_negotiations("validation", study.source())

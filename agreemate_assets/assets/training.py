@@ -20,9 +20,9 @@ from dagster import (
     multi_asset_check,
 )
 
-from agreemate_lib import settings as lib_settings
-from agreemate_lib.role_splits import ROLES, build_role_splits
-from agreemate_lib.transcripts import atomic_write_parquet
+from agreemate_lib.core import settings as lib_settings
+from agreemate_lib.training.splits import ROLES, build_role_splits
+from agreemate_lib.core.records import atomic_write_parquet
 
 from ..gx_validation import validate
 from ..resources import StudySettings
@@ -59,7 +59,7 @@ def role_splits(study: StudySettings):
 def role_split_checks(study: StudySettings):
     import great_expectations.expectations as gxe
 
-    from agreemate_lib.vocabulary import VOCABULARY
+    from agreemate_lib.core.vocabulary import VOCABULARY
 
     for role in ROLES:
         df = pd.read_parquet(split_path(study, role))
@@ -107,7 +107,7 @@ class AdapterTrainingConfig(Config):
 def lora_adapters(context: AssetExecutionContext, study: StudySettings, config: AdapterTrainingConfig):
     from dataclasses import replace
 
-    from agreemate_lib.lora_training import LoraTrainConfig, train_lora
+    from agreemate_lib.training.lora import LoraTrainConfig, train_lora
 
     role = context.partition_key
     df = pd.read_parquet(split_path(study, role))
@@ -131,9 +131,9 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, config: 
 
 def replies_parse_check(study: StudySettings, adapter: Path, role: str) -> AssetCheckResult:
     """The adapter loads with peft and its agent produces parseable replies on 3 scenarios."""
-    from agreemate_lib.agents import Agent, AgentSpec
-    from agreemate_lib.runner import RunConfig, run_negotiations
-    from agreemate_lib.scenarios import sample_scenarios
+    from agreemate_lib.negotiation.agents import Agent, AgentSpec
+    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+    from agreemate_lib.core.scenarios import sample_scenarios
 
     scen = sample_scenarios("test", 3, seed=study.seed).scenarios
     spec = AgentSpec(id=f"ft-{role}", adapter=str(adapter), cot=True, temperature=0.0, max_utterance_tokens=24,
@@ -155,7 +155,7 @@ def replies_parse_check(study: StudySettings, adapter: Path, role: str) -> Asset
 def figure_training_curves(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
     import base64
 
-    from agreemate_lib.figures import save_chart, training_curves
+    from agreemate_lib.evaluation.figures import save_chart, training_curves
 
     frames = []
     for role in ROLES:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import os
 
-from .base import ChatBackend, ChatRequest, Completion, GenerationSettings
-from .openai_http import reply_schema
+from agreemate_lib.backends.base import ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.backends.openai_http import reply_schema
 
 
 class LlamaCppBackend(ChatBackend):
     def __init__(self, gguf: str | None = None, n_ctx: int = 4096, n_threads: int | None = None):
         from llama_cpp import Llama  # ImportError when llama-cpp-python is not installed
 
-        from .embedded_model import gguf_path
+        from agreemate_lib.backends.models import gguf_path
 
         path = gguf or str(gguf_path())
         self.llm = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False)

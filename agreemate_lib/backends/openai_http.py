@@ -11,8 +11,8 @@ import asyncio
 import os
 import random
 
-from ..vocabulary import CHOOSABLE_ACTS
-from .base import ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
+from agreemate_lib.backends.base import ChatBackend, ChatRequest, Completion, GenerationSettings
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from .base import ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.backends.base import ChatBackend, ChatRequest, Completion, GenerationSettings
 
 
 def planned_price(role: str, target: float, bottom_line: float, turn: int, max_turns: int, beta: float) -> float:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..vocabulary import CHOOSABLE_ACTS, PRICED_ACTS
-from .base import ReplyFormat
+from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS, PRICED_ACTS
+from agreemate_lib.backends.base import ReplyFormat
 
 #: Acts whose price is forced to null (they name no price).
 NULL_PRICE_ACTS = frozenset({"intro", "inquire", "accept", "reject", "quit"})

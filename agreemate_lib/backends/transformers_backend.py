@@ -7,8 +7,8 @@ import threading
 import time
 from pathlib import Path
 
-from .base import BackendError, ChatBackend, ChatRequest, Completion, GenerationSettings
-from .embedded_model import resolve_model_path
+from agreemate_lib.backends.base import BackendError, ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.backends.models import resolve_model_path
 
 _MODELS: dict[tuple, tuple] = {}
 _TABLES: dict[int, object] = {}  # structured-decoding token tables by tokenizer (tokenizers live in _MODELS)
@@ -145,7 +145,7 @@ class TransformersBackend(ChatBackend):
         self.device = next(self.model.parameters()).device
         self.model_id = self.model_name + (f"+lora:{file_digest(adapter)}" if adapter else "")
         self._table = None
-        from .prefix_cache import PrefixCache
+        from agreemate_lib.backends.prefix_cache import PrefixCache
 
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
         #: Where this backend's time goes: generate calls and the structured-output processor (Python).
@@ -162,7 +162,7 @@ class TransformersBackend(ChatBackend):
     def table(self):
         """The tokenizer's token facts for structured decoding, built once per loaded tokenizer."""
         if self._table is None:
-            from .structured import TokenTable
+            from agreemate_lib.backends.structured import TokenTable
 
             key = id(self.tokenizer)
             if key not in _TABLES:
@@ -171,7 +171,7 @@ class TransformersBackend(ChatBackend):
         return self._table
 
     def prompt_text(self, req: ChatRequest) -> str:
-        from .structured import assistant_prefix
+        from agreemate_lib.backends.structured import assistant_prefix
 
         text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
         return text + (assistant_prefix(req.reply_format.cot) if self.structured else "")
@@ -192,7 +192,7 @@ class TransformersBackend(ChatBackend):
         import torch
         from transformers import LogitsProcessorList
 
-        from .structured import TurnMachine, TurnMachineProcessor, assistant_prefix, max_reply_tokens
+        from agreemate_lib.backends.structured import TurnMachine, TurnMachineProcessor, assistant_prefix, max_reply_tokens
 
         t0 = time.perf_counter()  # generate_s covers encoding and the shared-head prefill too
         enc, past, reuse = self._encode(reqs, prompts)
@@ -303,7 +303,7 @@ class TransformersBackend(ChatBackend):
         entry every one of them then reuses (the system prompt's generic contract)."""
         import torch
 
-        from .prefix_cache import CachedPrefix, common_prefix
+        from agreemate_lib.backends.prefix_cache import CachedPrefix, common_prefix
 
         cold = [x for r, x in zip(reqs, ids) if self.prefix_cache.lookup(r.prefix_key, x)[1] < min_tokens]
         if len(cold) < 2:
@@ -325,7 +325,7 @@ class TransformersBackend(ChatBackend):
         """Keep each row's real tokens (prompt and reply up to its end) with their keys and values."""
         import torch
 
-        from .prefix_cache import CachedPrefix
+        from agreemate_lib.backends.prefix_cache import CachedPrefix
 
         cached_len = past.get_seq_length()
         prompt_len = enc["input_ids"].shape[1]

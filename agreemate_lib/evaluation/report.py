@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures as F
-from .evaluation import PAPER_TABLE3, TABLE3_METRICS, human_negotiations, paper_table3_files, size_cot_files, table3
-from .metric_tables import negotiation_table, summarize
-from .metrics import METRIC_NAMES
-from .transcripts import negotiations_to_frame
+from agreemate_lib.evaluation import figures as F
+from agreemate_lib.evaluation.comparisons import PAPER_TABLE3, TABLE3_METRICS, human_negotiations, paper_table3_files, size_cot_files, table3
+from agreemate_lib.evaluation.tables import negotiation_table, summarize
+from agreemate_lib.evaluation.metrics import METRIC_NAMES
+from agreemate_lib.core.records import negotiations_to_frame
 
 
 def load_study(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -8,9 +8,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .metrics import METRIC_NAMES, aggregate, bootstrap_mean, negotiation_metrics
-from .published_runs import detect_paper_variant, is_cot_pair, pair_from_filename, read_published_csv
-from .transcripts import Negotiation, frame_to_negotiations
+from agreemate_lib.evaluation.metrics import METRIC_NAMES, aggregate, bootstrap_mean, negotiation_metrics
+from agreemate_lib.evaluation.paper import detect_paper_variant, is_cot_pair, pair_from_filename, read_published_csv
+from agreemate_lib.core.records import Negotiation, frame_to_negotiations
 
 
 def negotiation_table(negotiations: Sequence[Negotiation], mode: str = "corrected") -> pd.DataFrame:

@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .metric_tables import negotiation_table, summarize, summarize_pairs_then_groups
-from .transcripts import Negotiation, Turn
+from agreemate_lib.evaluation.tables import negotiation_table, summarize, summarize_pairs_then_groups
+from agreemate_lib.core.records import Negotiation, Turn
 
 SIZES = ("3B", "8B", "70B")
 TABLE3_METRICS = ("aggressiveness", "bias", "dialogue_length", "fairness", "concession_rate", "probing_ratio",
@@ -43,7 +43,7 @@ def paper_table3_files() -> list[str]:
 
 def table3(directory: str | Path, files: Sequence[str], mode: str = "paper", n_boot: int = 2000) -> pd.DataFrame:
     """CoT vs no-CoT: per-pair means, then the mean of pair means per group, with bootstrap CIs over pairs."""
-    from .metric_tables import load_table
+    from agreemate_lib.evaluation.tables import load_table
 
     d = Path(directory)
     table = load_table([d / f for f in dict.fromkeys(files)], mode)
@@ -98,7 +98,7 @@ def human_negotiations(split: str = "validation", source: str | None = None, ann
     Turns are the dialogue's messages and events with their annotated intents and prices. A deal is an ``accept``
     event; its price is the last ``offer`` event's price (the Craigslist interface's formal offer).
     """
-    from .craigslist_dialogues import iter_annotated_dialogues
+    from agreemate_lib.core.craigslist import iter_annotated_dialogues
 
     out: list[Negotiation] = []
     for _, sc, hturns in iter_annotated_dialogues(split, source, annotated_only):

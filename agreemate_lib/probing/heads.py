@@ -142,7 +142,7 @@ def rank_heads(mean: np.ndarray) -> list[tuple[int, int]]:
 
 def transcript_texts(negotiations, tokenizer, max_chars: int = 6000) -> list[str]:
     """Each negotiation as the buyer's chat (template applied), as the agents saw it."""
-    from .prompts import build_messages, system_prompt
+    from agreemate_lib.negotiation.prompts import build_messages, system_prompt
 
     texts = []
     for n in negotiations:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import settings
+from agreemate_lib.core import settings
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_RESERVATION_FRACTION = 0.7  # He et al. 2018: the seller's bottom line is 70% of the listing price

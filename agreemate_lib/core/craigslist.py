@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-from .scenarios import Scenario, ScenarioError, _from_hf_row, iter_raw_rows
-from .vocabulary import normalize_action
+from agreemate_lib.core.scenarios import Scenario, ScenarioError, _from_hf_row, iter_raw_rows
+from agreemate_lib.core.vocabulary import normalize_action
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def load_base(cfg: LoraTrainConfig, device: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .backends.embedded_model import resolve_model_path
+    from agreemate_lib.backends.models import resolve_model_path
 
     path = resolve_model_path(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)

@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 
-from .backends.base import ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.backends.base import ChatBackend, ChatRequest, Completion, GenerationSettings
 
 
 def request_key(model_id: str, req: ChatRequest, settings: GenerationSettings) -> str:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .agents import Agent, AgentSpec
-from .runner import RunConfig, run_negotiations
-from .scenarios import sample_scenarios
+from agreemate_lib.negotiation.agents import Agent, AgentSpec
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+from agreemate_lib.core.scenarios import sample_scenarios
 
 
 def peak_rss_mib() -> float:
@@ -122,7 +122,7 @@ def compare(a: list, b: list) -> dict:
 def llama_cpp_path(scenarios, spec: AgentSpec, cfg: RunConfig):
     """(c) llama.cpp on the same GGUF, one dialogue at a time, when llama-cpp-python is installed."""
     try:
-        from .backends.llama_cpp_backend import LlamaCppBackend
+        from agreemate_lib.backends.llama_cpp_backend import LlamaCppBackend
     except ImportError:
         return None
     try:
@@ -134,7 +134,7 @@ def llama_cpp_path(scenarios, spec: AgentSpec, cfg: RunConfig):
 
 
 def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = "auto", with_llama_cpp=True) -> dict:
-    from .backends.transformers_backend import TransformersBackend
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
 
     scen = sample_scenarios("test", n_scenarios, seed).scenarios
     spec = AgentSpec(id="smollm2-greedy", temperature=0.0)

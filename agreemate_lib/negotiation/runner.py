@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
-from .agents import Agent
-from .scenarios import Scenario
-from .transcripts import Negotiation, Turn
+from agreemate_lib.negotiation.agents import Agent
+from agreemate_lib.core.scenarios import Scenario
+from agreemate_lib.core.records import Negotiation, Turn
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from .metrics import FORMULA_MODES, METRIC_NAMES
+from agreemate_lib.evaluation.metrics import FORMULA_MODES, METRIC_NAMES
 
 
 def _cmd_negotiate(args: argparse.Namespace) -> int:
-    from .agents import Agent
-    from .metric_tables import negotiation_table, summarize
-    from .roster import resolve_agent
-    from .runner import RunConfig, run_negotiations
-    from .scenarios import sample_scenarios
-    from .transcripts import atomic_write_parquet, negotiations_to_frame, summaries_to_frame
+    from agreemate_lib.negotiation.agents import Agent
+    from agreemate_lib.evaluation.tables import negotiation_table, summarize
+    from agreemate_lib.negotiation.roster import resolve_agent
+    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+    from agreemate_lib.core.scenarios import sample_scenarios
+    from agreemate_lib.core.records import atomic_write_parquet, negotiations_to_frame, summaries_to_frame
 
     out = Path(args.out)
     sset = sample_scenarios(args.split, args.scenarios, args.seed, source=args.data)
@@ -27,7 +27,7 @@ def _cmd_negotiate(args: argparse.Namespace) -> int:
     cfg = RunConfig(max_turns=args.max_turns, buyer_opens=not args.seller_opens, seed=args.seed,
                     replicates=args.replicates, mode=args.mode)
     if args.dry_run:
-        from .estimates import estimate_workload
+        from agreemate_lib.negotiation.estimates import estimate_workload
 
         print(json.dumps(estimate_workload(sset.scenarios, buyer_spec, seller_spec, cfg)))
         return 0
@@ -59,7 +59,7 @@ def _cmd_negotiate(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
-    from .metric_tables import load_table, summarize, summarize_pairs_then_groups, to_json_records
+    from agreemate_lib.evaluation.tables import load_table, summarize, summarize_pairs_then_groups, to_json_records
 
     table = load_table(args.paths, args.formula)
     if table.empty:
@@ -83,8 +83,8 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
-    from .settings import data_dir, repo_root
+    from agreemate_lib.evaluation.report import build_report
+    from agreemate_lib.core.settings import data_dir, repo_root
 
     published = args.published
     if published is None and data_dir() is not None:
@@ -96,7 +96,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import print_report, run_bench
+    from agreemate_lib.negotiation.bench import print_report, run_bench
 
     r = run_bench(args.scenarios, args.turns, args.seed, args.dtype, with_llama_cpp=not args.no_llama_cpp)
     print_report(r)

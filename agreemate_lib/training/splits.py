@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .prompts import build_messages, system_prompt
-from .vocabulary import PRICED_ACTS
+from agreemate_lib.negotiation.prompts import build_messages, system_prompt
+from agreemate_lib.core.vocabulary import PRICED_ACTS
 
 ROLES = ("buyer", "seller", "generalist")
 
@@ -51,7 +51,7 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
 
 
 def craigslist_examples(split: str = "validation", source: str | None = None) -> pd.DataFrame:
-    from .craigslist_dialogues import iter_annotated_dialogues
+    from agreemate_lib.core.craigslist import iter_annotated_dialogues
 
     rows = []
     for row, sc, hturns in iter_annotated_dialogues(split, source):

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .. import settings
+from agreemate_lib.core import settings
 
 EMBEDDED_ALIASES = ("smollm2", "smollm2-135m", "embedded", "default")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

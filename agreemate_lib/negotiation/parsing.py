@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .vocabulary import PRICED_ACTS, normalize_action
+from agreemate_lib.core.vocabulary import PRICED_ACTS, normalize_action
 
 
 class PriceError(ValueError):

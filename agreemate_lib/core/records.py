@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .metrics import NegotiationOutcome
+from agreemate_lib.evaluation.metrics import NegotiationOutcome
 
 @dataclass
 class Turn:

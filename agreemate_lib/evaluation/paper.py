@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .metrics import NegotiationOutcome, negotiation_metrics
-from .vocabulary import normalize_action
+from agreemate_lib.evaluation.metrics import NegotiationOutcome, negotiation_metrics
+from agreemate_lib.core.vocabulary import normalize_action
 
 csv.field_size_limit(2**31 - 1)
 
@@ -170,7 +170,7 @@ def pair_from_filename(name: str, prefix: str = "published-") -> tuple[str, str]
 
 def published_negotiations(path: str | Path) -> list:
     """A published file's rows as negotiations (speakers alternate, buyer first), for the transcript checks."""
-    from .transcripts import Negotiation, Turn
+    from agreemate_lib.core.records import Negotiation, Turn
 
     path = Path(path)
     buyer, seller = pair_from_filename(path.name)

@@ -9,9 +9,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .backends.base import ChatBackend, ChatRequest, GenerationSettings, ReplyFormat
-from .parsing import ParsedTurn, parse_turn
-from .prompts import PERSONALITIES, build_messages, system_prompt
+from agreemate_lib.backends.base import ChatBackend, ChatRequest, GenerationSettings, ReplyFormat
+from agreemate_lib.negotiation.parsing import ParsedTurn, parse_turn
+from agreemate_lib.negotiation.prompts import PERSONALITIES, build_messages, system_prompt
 
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -80,7 +80,7 @@ class AgentSpec(BaseModel):
         if self.adapter:
             from pathlib import Path
 
-            from .backends.transformers_backend import file_digest
+            from agreemate_lib.backends.transformers_backend import file_digest
 
             path = resolve_adapter(self.adapter)
             if path and Path(path).exists():  # retraining the adapter changes the hash: only its pairs go stale
@@ -93,7 +93,7 @@ def allowed_acts(state: dict[str, Any]) -> tuple[str, ...]:
     no accept or reject without a standing offer from the other side, no quitting in the first four turns, no
     counter or insist before any price is on the table, no init-price once this side has named a price, intro
     only in the first two turns."""
-    from .vocabulary import CHOOSABLE_ACTS
+    from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
 
     drop = set()
     if state.get("other_last_price") is None:
@@ -161,7 +161,7 @@ def resolve_adapter(adapter: str | None) -> str | None:
         return None
     from pathlib import Path
 
-    from .settings import repo_root
+    from agreemate_lib.core.settings import repo_root
 
     p = Path(adapter).expanduser()
     if p.is_absolute() or p.exists():
@@ -171,17 +171,17 @@ def resolve_adapter(adapter: str | None) -> str | None:
 
 def make_backend(spec: AgentSpec) -> ChatBackend:
     if spec.backend == "rule-based":
-        from .backends.rule_based import RuleBasedBackend
+        from agreemate_lib.backends.rule_based import RuleBasedBackend
 
         return RuleBasedBackend(beta=spec.beta)
     if spec.backend == "transformers":
-        from .backends.transformers_backend import TransformersBackend
+        from agreemate_lib.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(spec.model, adapter=resolve_adapter(spec.adapter), dtype=spec.dtype, device=spec.device,
                                    quantization=spec.quantization, structured=spec.structured,
                                    batch_size=spec.batch_size)
     if spec.backend == "openai":
-        from .backends.openai_http import OpenAIBackend
+        from agreemate_lib.backends.openai_http import OpenAIBackend
 
         return OpenAIBackend(spec.model, base_url=spec.base_url or "", api_key_env=spec.api_key_env,
                              concurrency=spec.concurrency, timeout_s=spec.timeout_s, structured=spec.structured,

@@ -8,7 +8,7 @@ from pathlib import Path
 #: Hugging Face hub id used when no local copy of Craigslist Bargains is present.
 CRAIGSLIST_HUB_ID = "stanfordnlp/craigslist_bargains"
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def repo_root() -> Path:
