@@ -144,7 +144,7 @@ def test_chain_of_thought_reasoning_is_stored_and_private(data_dir, smollm2_back
 
     n = negs[0]
     live = _Live(n, scen[0])
-    seller_view = plain.requests_for("seller", [live.state("seller", RunConfig(max_turns=3))])[0].messages
-    buyer_view = cot.requests_for("buyer", [live.state("buyer", RunConfig(max_turns=3))])[0].messages
+    seller_view = plain.requests_for([live.state("seller", RunConfig(max_turns=3))])[0].messages
+    buyer_view = cot.requests_for([live.state("buyer", RunConfig(max_turns=3))])[0].messages
     assert n.turns[0].reasoning not in " ".join(m["content"] for m in seller_view)
     assert n.turns[0].reasoning in " ".join(m["content"] for m in buyer_view)  # the buyer remembers its own

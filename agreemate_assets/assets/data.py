@@ -17,7 +17,7 @@ from dagster import (
 
 from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.core.scenarios import sample_scenarios
-from agreemate_lib.core.records import atomic_write_parquet
+from agreemate_lib.core.io import atomic_write_parquet
 
 from ..metadata import md_table
 from ..resources import StudySettings

@@ -8,7 +8,8 @@ from dagster import AssetExecutionContext, AssetKey, AutomationCondition, Materi
 
 from agreemate_lib.evaluation.tables import negotiation_table, summarize
 from agreemate_lib.evaluation.metrics import METRIC_NAMES
-from agreemate_lib.core.records import atomic_write_parquet, frame_to_negotiations
+from agreemate_lib.core.io import atomic_write_parquet
+from agreemate_lib.core.records import frame_to_negotiations
 
 from ..metadata import md_table
 from ..partitions import pair_partitions

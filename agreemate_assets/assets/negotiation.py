@@ -19,11 +19,13 @@ from dagster import (
     asset,
 )
 
-from agreemate_lib.negotiation.agents import Agent, AgentSpec, make_backend
+from agreemate_lib.backends.registry import make_backend
+from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.negotiation.roster import load_roster
 from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 from agreemate_lib.core.scenarios import Scenario
-from agreemate_lib.core.records import atomic_write_parquet, atomic_write_text, negotiations_to_frame
+from agreemate_lib.core.io import atomic_write_parquet, atomic_write_text
+from agreemate_lib.core.records import negotiations_to_frame
 
 from ..metadata import md_table, transcript_markdown
 from ..partitions import buyer_agents_partitions, pair_partitions, register_agents, seller_agents_partitions

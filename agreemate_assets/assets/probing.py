@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from agreemate_lib.core.records import atomic_write_parquet
+from agreemate_lib.core.io import atomic_write_parquet
 
 from ..metadata import md_table
 from ..resources import StudySettings
@@ -50,23 +50,17 @@ def sample_transcripts(study: StudySettings, n: int, seed: int):
 
 
 def load_probe_model(variant: str, study: StudySettings):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from agreemate_lib.backends.models import load_model
 
-    from agreemate_lib.backends.models import converted_dir
-
-    path = converted_dir()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+    adapter = None
     if variant != "base":
         adir = adapter_dir(study, variant)
         if not (adir / "adapter_config.json").is_file():
             raise FileNotFoundError(f"no {variant} adapter at {adir}: materialize lora_adapters[{variant}] first")
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adir)).merge_and_unload()
-    model.eval()
-    return tok, model
+        adapter = str(adir)
+    # fp32 on CPU with eager attention: sdpa returns no attention weights
+    return load_model("smollm2", dtype="fp32", device="cpu", attn_implementation="eager", adapter=adapter,
+                      merge_adapter=True)
 
 
 @asset(group_name="probing", partitions_def=variant_partitions, code_version="1",

@@ -22,7 +22,7 @@ from dagster import (
 
 from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.training.splits import ROLES, build_role_splits
-from agreemate_lib.core.records import atomic_write_parquet
+from agreemate_lib.core.io import atomic_write_parquet
 
 from ..gx_validation import validate
 from ..resources import StudySettings

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from agreemate_lib.negotiation.agents import AgentSpec
+    from agreemate_lib.negotiation.state import TurnState
 
 
 @dataclass(frozen=True)
@@ -36,11 +42,11 @@ class ReplyFormat:
 
 @dataclass
 class ChatRequest:
-    """One conversation to continue. ``context`` carries the structured state (for rule-based agents and logs)."""
+    """One conversation to continue. ``context`` carries the typed turn state (for policies and logs)."""
 
     messages: list[dict[str, str]]
     reply_format: ReplyFormat = field(default_factory=ReplyFormat)
-    context: dict[str, Any] = field(default_factory=dict)
+    context: "TurnState | None" = None
     #: Distinguishes requests for seeding and caching (negotiation id, turn, attempt).
     key: str = ""
     #: Identifies the conversation (negotiation x role) whose KV cache a local backend may reuse across turns.
@@ -61,11 +67,36 @@ class BackendError(RuntimeError):
     pass
 
 
+class BackendConfig(BaseModel):
+    """A backend's own settings, written flat in a roster entry beside the common agent fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class ChatBackend(ABC):
-    """Batched chat generation. Implementations: transformers, OpenAI-compatible HTTP, rule-based."""
+    """Batched chat generation. One file per backend, registered by one line in :mod:`.registry`."""
+
+    #: The registry name (``backend:`` in the roster).
+    name: ClassVar[str] = ""
+    #: The backend's typed settings; an agent's entry may set any of these fields.
+    Config: ClassVar[type[BackendConfig]] = BackendConfig
+    #: ``model:`` names weights or a served model (False: the model field is ignored, e.g. a rule-based policy).
+    needs_model: ClassVar[bool] = True
+    #: Needs a secret (an API key) from the environment at run time.
+    needs_credentials: ClassVar[bool] = False
+    #: Can run a LoRA adapter on its base model.
+    supports_adapter: ClassVar[bool] = False
+    #: Loads weights into this process (heavy: one such backend per loaded model is shared by agents).
+    loads_weights: ClassVar[bool] = False
 
     #: A stable identity of the model behind this backend (for caches and provenance).
     model_id: str = ""
+
+    @classmethod
+    def from_spec(cls, spec: "AgentSpec", **runtime: Any) -> "ChatBackend":
+        """Build the backend for a roster agent (its common fields and its :attr:`Config`). ``runtime`` carries what
+        never enters a config (``api_key``); backends ignore what they do not use."""
+        raise NotImplementedError(f"backend {cls.name!r} cannot be built from a roster entry")
 
     @abstractmethod
     def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:

@@ -5,11 +5,33 @@ from __future__ import annotations
 
 import os
 
-from agreemate_lib.backends.base import ChatBackend, ChatRequest, Completion, GenerationSettings
+from typing import Optional
+
+from pydantic import Field
+
+from agreemate_lib.backends.base import BackendConfig, ChatBackend, ChatRequest, Completion, GenerationSettings
 from agreemate_lib.backends.openai_http import reply_schema
 
 
+class LlamaCppConfig(BackendConfig):
+    n_ctx: int = Field(4096, ge=256)
+    n_threads: Optional[int] = Field(None, ge=1)
+
+
 class LlamaCppBackend(ChatBackend):
+    """``model``: a GGUF file path, or ``smollm2`` for the embedded model's GGUF."""
+
+    name = "llama-cpp"
+    Config = LlamaCppConfig
+    loads_weights = True
+
+    @classmethod
+    def from_spec(cls, spec, **_) -> "LlamaCppBackend":
+        from agreemate_lib.backends.models import EMBEDDED_ALIASES
+
+        c = spec.backend_config()
+        return cls(None if spec.model in EMBEDDED_ALIASES else spec.model, n_ctx=c.n_ctx, n_threads=c.n_threads)
+
     def __init__(self, gguf: str | None = None, n_ctx: int = 4096, n_threads: int | None = None):
         from llama_cpp import Llama  # ImportError when llama-cpp-python is not installed
 

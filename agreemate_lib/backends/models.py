@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from agreemate_lib.core import settings
@@ -99,3 +100,139 @@ def resolve_model_path(model: str) -> str:
     if model.startswith((".", "/", "~")):
         raise FileNotFoundError(f"model path does not exist: {model}")
     return model
+
+
+# --- one model loader for agents, training and probing ---------------------------------------------------------
+
+_MODELS: dict[tuple, tuple] = {}
+_LOCK = threading.Lock()
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def bf16_supported(device: str) -> bool:
+    """bf16 computed natively: CUDA with bf16, or a CPU with AVX-512 BF16 or AMX."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def auto_dtype(device: str):
+    """bf16 where the hardware computes it natively, else fp16 on CUDA and fp32 on CPU."""
+    import torch
+
+    if bf16_supported(device):
+        return torch.bfloat16
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype in ("auto", "", None):
+        return auto_dtype(device)
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in table:
+        raise ValueError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+    return table[dtype]
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in ("auto", "", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def file_digest(path: str | Path) -> str:
+    """Content hash of a file or of a folder's files (for adapters: provenance and cache keys)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_adapter(adapter: str | None) -> str | None:
+    """An adapter path as written in the roster: absolute, relative to the working directory, or to the repo."""
+    if not adapter:
+        return None
+    p = Path(adapter).expanduser()
+    if p.is_absolute() or p.exists():
+        return str(p)
+    return str(settings.repo_root() / p)
+
+
+def load_model(model: str, *, dtype: str | None = "auto", device: str = "auto", quantization: str | None = None,
+               adapter: str | None = None, attn_implementation: str | None = None, merge_adapter: bool = False,
+               double_quant: bool = False, trainable: bool = False):
+    """A tokenizer and a causal LM: the embedded ``smollm2``, a local folder or a hub id (no download here).
+
+    ``quantization="nf4"``: 4-bit through bitsandbytes (compute in ``dtype``). ``adapter``: a LoRA folder applied
+    with peft (``merge_adapter`` folds it into the weights). Inference loads (``trainable=False``) are cached per
+    process, so every agent naming the same base shares one copy, in eval mode with a left-padding tokenizer;
+    training loads are fresh each time. ``dtype=None`` leaves the dtype to transformers (training's nf4 path).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev) if dtype is not None else None
+    adapter_version = file_digest(adapter) if adapter and Path(adapter).exists() else None  # retrained: reloaded
+    key = (path, str(torch_dtype), dev, quantization, adapter, adapter_version, attn_implementation, merge_adapter,
+           double_quant)
+    with _LOCK:
+        if not trainable and key in _MODELS:
+            return _MODELS[key]
+        tok = AutoTokenizer.from_pretrained(path)
+        if not trainable:
+            tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        kwargs: dict = {} if torch_dtype is None else {"dtype": torch_dtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if quantization in ("nf4", "4bit"):
+            try:
+                from transformers import BitsAndBytesConfig
+
+                compute = torch_dtype or (torch.bfloat16 if bf16_supported(dev) else torch.float32)
+                kwargs["quantization_config"] = BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                    **({"bnb_4bit_use_double_quant": True} if double_quant else {}))
+                kwargs["device_map"] = {"": dev}
+            except Exception as exc:  # noqa: BLE001 - report the real cause
+                raise ModelLoadError(f"4-bit nf4 needs bitsandbytes with a backend for {dev}: {exc}") from exc
+        elif quantization:
+            raise ValueError(f"quantization must be None or 'nf4', got {quantization!r}")
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except OSError as exc:
+            raise ModelLoadError(f"could not load model {model!r} (resolved to {path}): {exc}") from exc
+        if not quantization:
+            lm.to(dev)
+        if adapter:
+            from peft import PeftModel
+
+            if not Path(adapter).exists():
+                raise FileNotFoundError(f"LoRA adapter not found: {adapter}")
+            lm = PeftModel.from_pretrained(lm, adapter)
+            if merge_adapter:
+                lm = lm.merge_and_unload()
+        if trainable:
+            return tok, lm
+        lm.eval()
+        _MODELS[key] = (tok, lm)
+        return tok, lm

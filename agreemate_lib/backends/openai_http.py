@@ -12,7 +12,11 @@ import os
 import random
 
 from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
-from agreemate_lib.backends.base import ChatBackend, ChatRequest, Completion, GenerationSettings
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from agreemate_lib.backends.base import BackendConfig, ChatBackend, ChatRequest, Completion, GenerationSettings
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -36,13 +40,35 @@ def reply_schema(cot: bool, acts: tuple[str, ...] = (), max_chars: int = 240) ->
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
 
 
+class OpenAIConfig(BackendConfig):
+    base_url: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+
+
 class OpenAIBackend(ChatBackend):
-    """If the server rejects a structured-output dialect (an error naming ``response_format``), the backend falls
-    back to the next one in :data:`RESPONSE_FORMATS` for the rest of its life, and records it in ``downgrades``."""
+    """Any OpenAI-compatible chat server (vLLM, SGLang, llama.cpp server, TGI, Ollama).
+
+    If the server rejects a structured-output dialect (an error naming ``response_format``), the backend falls back
+    to the next one in :data:`RESPONSE_FORMATS` for the rest of its life, and records it in ``downgrades``. The API
+    key is passed in (from a Dagster resource) or read from the environment variable ``api_key_env``."""
+
+    name = "openai"
+    Config = OpenAIConfig
+    needs_credentials = True
+
+    @classmethod
+    def from_spec(cls, spec, api_key: str | None = None, **_) -> "OpenAIBackend":
+        c = spec.backend_config()
+        return cls(spec.model, base_url=c.base_url or "", api_key_env=c.api_key_env, api_key=api_key,
+                   concurrency=c.concurrency, timeout_s=c.timeout_s, structured=spec.structured,
+                   max_retries=spec.max_retries, response_format=c.response_format)
 
     def __init__(self, model: str, *, base_url: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout_s: float = 60.0, structured: bool = True, max_retries: int = 2, backoff_s: float = 0.5,
-                 response_format: str = "json_schema"):
+                 response_format: str = "json_schema", api_key: str | None = None):
         if response_format not in RESPONSE_FORMATS:
             raise ValueError(f"response_format must be one of {RESPONSE_FORMATS}, got {response_format!r}")
         self.response_format = response_format if structured else "none"
@@ -51,7 +77,7 @@ class OpenAIBackend(ChatBackend):
             raise ValueError("the openai backend needs base_url, e.g. http://127.0.0.1:8000/v1")
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self.api_key = os.environ.get(api_key_env, "")
+        self.api_key = api_key or os.environ.get(api_key_env, "")
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
         self.structured = structured

@@ -3,110 +3,24 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from pathlib import Path
 
-from agreemate_lib.backends.base import BackendError, ChatBackend, ChatRequest, Completion, GenerationSettings
-from agreemate_lib.backends.models import resolve_model_path
+from typing import Literal, Optional
 
-_MODELS: dict[tuple, tuple] = {}
-_TABLES: dict[int, object] = {}  # structured-decoding token tables by tokenizer (tokenizers live in _MODELS)
-_LOCK = threading.Lock()
+from pydantic import Field
 
+from agreemate_lib.backends.base import (
+    BackendConfig,
+    BackendError,
+    ChatBackend,
+    ChatRequest,
+    Completion,
+    GenerationSettings,
+)
+from agreemate_lib.backends.models import ModelLoadError, file_digest, load_model
 
-def auto_dtype(device: str):
-    """bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), else fp32."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
-            return torch.bfloat16
-    except AttributeError:
-        pass
-    return torch.float32
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype in ("auto", "", None):
-        return auto_dtype(device)
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32}
-    if dtype not in table:
-        raise ValueError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
-    return table[dtype]
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device in ("auto", "", None):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def file_digest(path: str | Path) -> str:
-    """Content hash of a file or of a folder's files (for adapters: provenance and cache keys)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def load_model(model: str, *, dtype: str = "auto", device: str = "auto", quantization: str | None = None,
-               adapter: str | None = None, attn_implementation: str | None = None):
-    """Load (once per process) a tokenizer and a causal LM; the same base is shared by every agent that names it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model_path(model)
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    key = (path, str(torch_dtype), dev, quantization, adapter, attn_implementation)
-    with _LOCK:
-        if key in _MODELS:
-            return _MODELS[key]
-        tok = AutoTokenizer.from_pretrained(path)
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        kwargs: dict = {"dtype": torch_dtype}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        if quantization in ("nf4", "4bit"):
-            try:
-                from transformers import BitsAndBytesConfig
-
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
-                )
-                kwargs["device_map"] = {"": dev}
-            except Exception as exc:  # noqa: BLE001 - report the real cause
-                raise BackendError(f"4-bit nf4 needs bitsandbytes with a backend for {dev}: {exc}") from exc
-        elif quantization:
-            raise ValueError(f"quantization must be None or 'nf4', got {quantization!r}")
-        try:
-            lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        except OSError as exc:
-            raise BackendError(f"could not load model {model!r} (resolved to {path}): {exc}") from exc
-        if not quantization:
-            lm.to(dev)
-        if adapter:
-            from peft import PeftModel
-
-            if not Path(adapter).exists():
-                raise FileNotFoundError(f"LoRA adapter not found: {adapter}")
-            lm = PeftModel.from_pretrained(lm, adapter)
-        lm.eval()
-        _attach_forward_timers(lm)
-        _MODELS[key] = (tok, lm)
-        return tok, lm
+_TABLES: dict[int, object] = {}  # structured-decoding token tables by tokenizer (one per loaded model)
 
 
 def _attach_forward_timers(model) -> None:
@@ -131,7 +45,30 @@ def _attach_forward_timers(model) -> None:
     model._agreemate_forward_stats = stats
 
 
+class TransformersConfig(BackendConfig):
+    dtype: str = "auto"
+    device: str = "auto"
+    quantization: Optional[Literal["nf4"]] = None
+    batch_size: int = Field(32, ge=1)
+
+
 class TransformersBackend(ChatBackend):
+    """Hugging Face transformers in this process: batched lockstep generation, per-dialogue KV reuse, structured
+    decoding by a per-row JSON state machine. ``model``: the embedded ``smollm2``, a local path or a hub id."""
+
+    name = "transformers"
+    Config = TransformersConfig
+    supports_adapter = True
+    loads_weights = True
+
+    @classmethod
+    def from_spec(cls, spec, **_) -> "TransformersBackend":
+        from agreemate_lib.backends.models import resolve_adapter
+
+        c = spec.backend_config()
+        return cls(spec.model, adapter=resolve_adapter(spec.adapter), dtype=c.dtype, device=c.device,
+                   quantization=c.quantization, structured=spec.structured, batch_size=c.batch_size)
+
     def __init__(self, model: str = "smollm2", *, adapter: str | None = None, dtype: str = "auto",
                  device: str = "auto", quantization: str | None = None, structured: bool = True,
                  batch_size: int = 32, prefix_cache: bool = True, prefix_cache_tokens: int = 64_000):
@@ -139,9 +76,14 @@ class TransformersBackend(ChatBackend):
         self.adapter = adapter
         self.structured = structured
         self.batch_size = max(1, batch_size)
-        self.tokenizer, self.model = load_model(
-            self.model_name, dtype=dtype, device=device, quantization=quantization, adapter=adapter
-        )
+        try:
+            self.tokenizer, self.model = load_model(
+                self.model_name, dtype=dtype, device=device, quantization=quantization, adapter=adapter
+            )
+        except ModelLoadError as exc:
+            raise BackendError(str(exc)) from exc
+        if not hasattr(self.model, "_agreemate_forward_stats"):
+            _attach_forward_timers(self.model)
         self.device = next(self.model.parameters()).device
         self.model_id = self.model_name + (f"+lora:{file_digest(adapter)}" if adapter else "")
         self._table = None

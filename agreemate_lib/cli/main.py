@@ -17,7 +17,8 @@ def _cmd_negotiate(args: argparse.Namespace) -> int:
     from agreemate_lib.negotiation.roster import resolve_agent
     from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
     from agreemate_lib.core.scenarios import sample_scenarios
-    from agreemate_lib.core.records import atomic_write_parquet, negotiations_to_frame, summaries_to_frame
+    from agreemate_lib.core.io import atomic_write_parquet
+    from agreemate_lib.core.records import negotiations_to_frame, summaries_to_frame
 
     out = Path(args.out)
     sset = sample_scenarios(args.split, args.scenarios, args.seed, source=args.data)

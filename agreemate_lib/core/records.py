@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
-from agreemate_lib.evaluation.metrics import NegotiationOutcome
+
+@dataclass(frozen=True)
+class NegotiationOutcome:
+    """What the metrics need from one negotiation."""
+
+    listing_price: float
+    buyer_target: float
+    seller_target: float
+    agreed: bool
+    accepted_price: float | None
+    actions: Sequence[str]
+    prices: Sequence[float | None]  # one per turn; None where the turn named no price
+    speakers: Sequence[str] | None = None  # "buyer"/"seller" per turn; needed by the corrected concession rate
+
 
 @dataclass
 class Turn:
@@ -191,28 +201,3 @@ def frame_to_negotiations(df) -> list[Negotiation]:
             )
         )
     return out
-
-
-def atomic_write_parquet(df, path: str | os.PathLike) -> Path:
-    """Write a parquet file atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path

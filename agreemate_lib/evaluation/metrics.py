@@ -10,43 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
+
+from agreemate_lib.core.records import NegotiationOutcome
 
 FormulaMode = Literal["corrected", "paper", "paper-signed"]
 #: ``paper``: the code behind the size/CoT runs (|Δprice| concession, |fairness|/T efficiency);
 #: ``paper-signed``: the code behind the personality runs (signed Δprice, signed fairness/T).
 FORMULA_MODES: tuple[str, ...] = ("corrected", "paper", "paper-signed")
 
-#: Metric names in report order.
-METRIC_NAMES: tuple[str, ...] = (
-    "agreement_rate",
-    "dialogue_length",
-    "fairness",
-    "aggressiveness",
-    "bias",
-    "bias_per_turn",
-    "concession_rate",
-    "relative_efficiency",
-    "probing_ratio",
-)
-
 NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class NegotiationOutcome:
-    """What the metrics need from one negotiation."""
-
-    listing_price: float
-    buyer_target: float
-    seller_target: float
-    agreed: bool
-    accepted_price: float | None
-    actions: Sequence[str]
-    prices: Sequence[float | None]  # one per turn; None where the turn named no price
-    speakers: Sequence[str] | None = None  # "buyer"/"seller" per turn; needed by the corrected concession rate
 
 
 def _clean_prices(prices: Iterable[float | None]) -> list[float | None]:
@@ -59,44 +34,154 @@ def _clean_prices(prices: Iterable[float | None]) -> list[float | None]:
     return out
 
 
+@dataclass(frozen=True)
+class MetricInputs:
+    """What one metric function sees: the outcome, the formula mode, and the quantities every formula uses."""
+
+    outcome: NegotiationOutcome
+    mode: str
+    prices: list[float | None]  # per turn, None where no price (the published runs' -1 and NaN included)
+    n: int  # T: turns, the closing one included
+    L: float
+    B: float
+    S: float
+    p: float | None  # the accepted price, for a deal
+    half_zone: float  # (S - B) / 2
+
+    @property
+    def paper(self) -> bool:
+        return self.mode != "corrected"
+
+    @property
+    def bias(self) -> float:
+        return ((self.S + self.B) / 2.0 - self.p) / self.half_zone if self.p is not None and self.half_zone > 0 \
+            else NAN
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: its function and everything derived from it (lists, range checks, docs table)."""
+
+    name: str
+    fn: Callable[[MetricInputs], float]
+    formula: str
+    #: Bounds every defined value obeys, whatever the negotiation ((lo, hi), None = unbounded): the range check.
+    bounds: tuple[float | None, float | None]
+    #: The range as documented (may say when tighter bounds hold).
+    doc_range: str
+    #: When the value is NaN.
+    undefined: str
+    #: "higher" / "lower" is better for the side or the study, "neutral" when neither.
+    direction: Literal["higher", "lower", "neutral"] = "neutral"
+    #: Formula modes whose formula differs from ``corrected`` (documented in docs/metrics.md).
+    paper_formula: str = ""
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, *, formula: str, bounds: tuple[float | None, float | None] = (None, None),
+                    doc_range: str = "", undefined: str = "never", direction: str = "neutral",
+                    paper_formula: str = ""):
+    """Register a per-negotiation metric (in report order). The function gets :class:`MetricInputs` and returns a
+    float (NaN where undefined)."""
+    def deco(fn: Callable[[MetricInputs], float]) -> Callable[[MetricInputs], float]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} is registered twice")
+        METRICS[name] = Metric(name, fn, formula, bounds, doc_range, undefined, direction,  # type: ignore[arg-type]
+                               paper_formula)
+        return fn
+    return deco
+
+
+@register_metric("agreement_rate", formula="1 if a deal with a price, else 0", bounds=(0.0, 1.0), doc_range="{0, 1}",
+                 direction="higher")
+def agreement_rate(x: MetricInputs) -> float:
+    return 1.0 if x.p is not None else 0.0
+
+
+@register_metric("dialogue_length", formula="T", bounds=(1.0, None), doc_range="≥ 1")
+def dialogue_length(x: MetricInputs) -> float:
+    return float(x.n)
+
+
+@register_metric("fairness", formula="1 − \\|bias\\| = 1 − \\|p − m\\| / ((S − B) / 2): the denominator is the zone "
+                 "S − B (halved), never the midpoint", bounds=(None, 1.0), doc_range="≤ 1; [0, 1] when B ≤ p ≤ S",
+                 undefined="no deal; S ≤ B", direction="higher")
+def fairness(x: MetricInputs) -> float:
+    return 1.0 - abs(x.bias)
+
+
+@register_metric("aggressiveness", formula="(L − p) / L: the discount off the listing (negative when p > L)",
+                 bounds=(None, 1.0), doc_range="≤ 1", undefined="no deal", paper_formula="\\|L − p\\| / L")
+def aggressiveness(x: MetricInputs) -> float:
+    if x.p is None or x.L <= 0:
+        return NAN
+    return abs(x.L - x.p) / x.L if x.paper else (x.L - x.p) / x.L
+
+
+@register_metric("bias", formula="(m − p) / ((S − B) / 2); positive favours the buyer, 1 = deal at B, −1 = deal at S",
+                 doc_range="[−1, 1] when B ≤ p ≤ S; outside when a deal falls outside the targets",
+                 undefined="no deal; S ≤ B")
+def bias(x: MetricInputs) -> float:
+    return x.bias
+
+
+@register_metric("bias_per_turn", formula="bias / T", undefined="no deal; S ≤ B")
+def bias_per_turn(x: MetricInputs) -> float:
+    return x.bias / x.n if x.n else NAN
+
+
+@register_metric("concession_rate", formula="mean over each side's consecutive own offers of its move toward the "
+                 "other side (buyer: p_new − p_old, seller: p_old − p_new), divided by S − B, so cars and chargers "
+                 "compare", doc_range="≈ [−1, 1]", undefined="S ≤ B; no side named two prices",
+                 paper_formula="Σ\\|p_k+1 − p_k\\| / n over both sides' priced turns, in dollars")
+def concession_rate(x: MetricInputs) -> float:
+    if not x.paper:
+        return _corrected_concession(x.prices, x.outcome.speakers, x.B, x.S)
+    signed = x.mode == "paper-signed"
+    priced = [v for v in x.prices if v is not None]
+    # one price: the size/CoT code stores blank, the personality code 0.0
+    if len(priced) >= 2 or (signed and priced):
+        steps = [(b - a) if signed else abs(b - a) for a, b in zip(priced, priced[1:])]
+        return sum(steps) / len(priced)
+    return NAN
+
+
+@register_metric("relative_efficiency", formula="fairness / T (signed)", undefined="no deal; S ≤ B",
+                 direction="higher", paper_formula="\\|fairness\\| / T")
+def relative_efficiency(x: MetricInputs) -> float:
+    if not x.n:
+        return NAN
+    f = fairness(x)
+    return abs(f) / x.n if x.mode == "paper" else f / x.n
+
+
+@register_metric("probing_ratio", formula="(number of `inquire` turns) / T", bounds=(0.0, 1.0), doc_range="[0, 1]")
+def probing_ratio(x: MetricInputs) -> float:
+    return sum(1 for a in x.outcome.actions if a == "inquire") / x.n if x.n else NAN
+
+
+#: Metric names in report order (registration order).
+METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+
+
 def negotiation_metrics(o: NegotiationOutcome, mode: FormulaMode = "corrected") -> dict[str, float]:
-    """All metrics of one negotiation. Undefined values (no deal, S = B, no prices) are NaN."""
+    """All registered metrics of one negotiation. Undefined values (no deal, S = B, no prices) are NaN."""
     if mode not in FORMULA_MODES:
         raise ValueError(f"formula mode must be one of {FORMULA_MODES}, got {mode!r}")
-    n = len(o.actions)
-    prices = _clean_prices(o.prices)
     L, B, S = float(o.listing_price), float(o.buyer_target), float(o.seller_target)
     p = o.accepted_price if (o.agreed and o.accepted_price is not None) else None
-    half_zone = (S - B) / 2.0
-    out = {name: NAN for name in METRIC_NAMES}
-    out["agreement_rate"] = 1.0 if p is not None else 0.0
-    out["dialogue_length"] = float(n)
-    out["probing_ratio"] = sum(1 for a in o.actions if a == "inquire") / n if n else NAN
+    x = MetricInputs(o, mode, _clean_prices(o.prices), len(o.actions), L, B, S, p, (S - B) / 2.0)
+    return {name: float(m.fn(x)) for name, m in METRICS.items()}
 
-    paper = mode != "corrected"
-    if p is not None:
-        if L > 0:
-            out["aggressiveness"] = abs(L - p) / L if paper else (L - p) / L
-        if half_zone > 0:
-            bias = ((S + B) / 2.0 - p) / half_zone
-            out["bias"] = bias
-            out["fairness"] = 1.0 - abs(bias)
-            if n:
-                out["bias_per_turn"] = bias / n
-                out["relative_efficiency"] = out["fairness"] / n
 
-    if paper:
-        signed = mode == "paper-signed"
-        priced = [x for x in prices if x is not None]
-        # one price: the size/CoT code stores blank, the personality code 0.0
-        if len(priced) >= 2 or (signed and priced):
-            steps = [(b - a) if signed else abs(b - a) for a, b in zip(priced, priced[1:])]
-            out["concession_rate"] = sum(steps) / len(priced)
-        if p is not None and half_zone > 0 and n and not signed:
-            out["relative_efficiency"] = abs(out["fairness"]) / n
-    else:
-        out["concession_rate"] = _corrected_concession(prices, o.speakers, B, S)
-    return out
+def metrics_doc_table() -> str:
+    """The per-negotiation metrics table of docs/metrics.md, generated from the registry."""
+    lines = ["| metric | formula | range | undefined (NaN) when |", "|---|---|---|---|"]
+    for m in METRICS.values():
+        lines.append(f"| {m.name} | {m.formula} | {m.doc_range} | {m.undefined} |")
+    return "\n".join(lines)
 
 
 def _corrected_concession(prices: list[float | None], speakers: Sequence[str] | None, B: float, S: float) -> float:
@@ -141,7 +226,7 @@ def bootstrap_mean(values: Sequence[float], n_boot: int = 2000, seed: int = 0, l
 def aggregate(rows: Sequence[dict[str, float]], n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
     """Mean and 95% CI of every metric over negotiations: keys ``m``, ``m_ci_low``, ``m_ci_high``, ``m_n``; plus n."""
     out: dict[str, float] = {"n": float(len(rows))}
-    for name in METRIC_NAMES:
+    for name in METRICS:
         est = bootstrap_mean([r.get(name, NAN) for r in rows], n_boot=n_boot, seed=seed)
         out[name] = est.mean
         out[f"{name}_ci_low"] = est.low

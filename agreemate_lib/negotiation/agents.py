@@ -5,24 +5,34 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pathlib import Path
 
-from agreemate_lib.backends.base import ChatBackend, ChatRequest, GenerationSettings, ReplyFormat
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agreemate_lib.backends.base import BackendConfig, ChatBackend, ChatRequest, GenerationSettings, ReplyFormat
+from agreemate_lib.backends.models import file_digest, resolve_adapter
+from agreemate_lib.backends.registry import backend_class, make_backend
+from agreemate_lib.negotiation.state import TurnState
 from agreemate_lib.negotiation.parsing import ParsedTurn, parse_turn
 from agreemate_lib.negotiation.prompts import PERSONALITIES, build_messages, system_prompt
 
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
+#: Fields every agent has, whatever its backend; a roster entry's other keys belong to its backend's ``Config``.
 class AgentSpec(BaseModel):
-    """One agent of the roster. Its :meth:`config_hash` changes whenever anything that shapes its replies changes."""
+    """One agent of the roster. Its :meth:`config_hash` changes whenever anything that shapes its replies changes.
+
+    A roster entry is written flat: the common fields below, plus the settings of its backend (for ``openai``:
+    ``base_url``, ``concurrency``, ...; see each backend's ``Config``), which are validated by that backend's typed
+    config and kept in :attr:`options`."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
-    backend: Literal["transformers", "openai", "rule-based"] = "transformers"
+    backend: str = "transformers"
     model: str = "smollm2"
     adapter: Optional[str] = None
     personality: str = ""
@@ -35,20 +45,35 @@ class AgentSpec(BaseModel):
     max_reasoning_tokens: int = 80
     structured: bool = True
     max_retries: int = Field(2, ge=0, le=10)
-    dtype: str = "auto"
-    device: str = "auto"
-    quantization: Optional[str] = None
-    batch_size: int = 32
-    # OpenAI-compatible HTTP
-    base_url: Optional[str] = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout_s: float = 60.0
-    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
-    # rule-based
-    beta: float = 0.5
+    #: The backend's own settings (validated by its ``Config``; defaults filled in).
+    options: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
     notes: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_backend_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        common = set(cls.model_fields)
+        extra = {k: v for k, v in data.items() if k not in common}
+        if not extra:
+            return data
+        return {k: v for k, v in data.items() if k in common} | {"options": {**data.get("options", {}), **extra}}
+
+    @model_validator(mode="after")
+    def _validate_backend_options(self) -> "AgentSpec":
+        cls = backend_class(self.backend)
+        allowed = set(cls.Config.model_fields)
+        unknown = sorted(set(self.options) - allowed)
+        if unknown:
+            raise ValueError(f"backend {self.backend!r} has no setting {', '.join(map(repr, unknown))}; its settings "
+                             f"are {', '.join(sorted(allowed)) or '(none)'}, and every agent has "
+                             f"{', '.join(k for k in type(self).model_fields if k != 'options')}")
+        self.options = cls.Config(**self.options).model_dump()
+        if self.adapter and not cls.supports_adapter:
+            raise ValueError(f"backend {self.backend!r} cannot run a LoRA adapter (adapter: {self.adapter!r})")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -64,31 +89,36 @@ class AgentSpec(BaseModel):
             raise ValueError(f"personality must be one of {sorted(p for p in PERSONALITIES if p)} or empty, got {v!r}")
         return v
 
+    def backend_config(self) -> BackendConfig:
+        """The backend's typed settings."""
+        return backend_class(self.backend).Config(**self.options)
+
     def generation(self, seed: int) -> GenerationSettings:
         return GenerationSettings(self.temperature, self.top_p, self.max_new_tokens, seed, self.repetition_penalty)
 
-    def reply_format(self, state: dict[str, Any] | None = None) -> ReplyFormat:
+    def reply_format(self, state: TurnState | None = None) -> ReplyFormat:
         if state is None:
             return ReplyFormat(self.cot, self.max_utterance_tokens, self.max_reasoning_tokens)
         return ReplyFormat(self.cot, self.max_utterance_tokens, self.max_reasoning_tokens,
-                           allowed_acts=allowed_acts(state), price_digits=price_digits(state["view"]["listing_price"]))
+                           allowed_acts=allowed_acts(state), price_digits=price_digits(state.view["listing_price"]))
 
+    def shares_weights_with(self, other: "AgentSpec") -> bool:
+        """Both agents run the same backend on the same model with the same settings: one loaded copy serves both
+        (only prompts differ: personality, chain-of-thought)."""
+        keep = {"backend", "model", "adapter", "structured", "options"}
+        return self.model_dump(include=keep) == other.model_dump(include=keep)
 
     def config_hash(self) -> str:
         """Content hash of everything that shapes the agent's behaviour (not its id, notes or enabled flag)."""
         payload = self.model_dump(exclude={"id", "notes", "enabled"})
         if self.adapter:
-            from pathlib import Path
-
-            from agreemate_lib.backends.transformers_backend import file_digest
-
             path = resolve_adapter(self.adapter)
             if path and Path(path).exists():  # retraining the adapter changes the hash: only its pairs go stale
                 payload["adapter_digest"] = file_digest(path)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def allowed_acts(state: dict[str, Any]) -> tuple[str, ...]:
+def allowed_acts(state: TurnState) -> tuple[str, ...]:
     """Acts that make sense now (enforced by structured generation, so a small model cannot accept nothing):
     no accept or reject without a standing offer from the other side, no quitting in the first four turns, no
     counter or insist before any price is on the table, no init-price once this side has named a price, intro
@@ -96,15 +126,15 @@ def allowed_acts(state: dict[str, Any]) -> tuple[str, ...]:
     from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
 
     drop = set()
-    if state.get("other_last_price") is None:
+    if state.other_last_price is None:
         drop |= {"accept", "reject"}
-    if state["turn"] < 4:
+    if state.turn < 4:
         drop.add("quit")
-    if state.get("other_last_price") is None and state.get("own_last_price") is None:
+    if state.other_last_price is None and state.own_last_price is None:
         drop |= {"counter-price", "insist"}
-    if state.get("own_priced_turns", 0) > 0:
+    if state.own_priced_turns > 0:
         drop.add("init-price")
-    if state["turn"] >= 2:
+    if state.turn >= 2:
         drop.add("intro")
     return tuple(a for a in CHOOSABLE_ACTS if a not in drop)
 
@@ -118,20 +148,27 @@ def price_digits(listing_price: float) -> tuple[int, int]:
 
 
 
+#: Shorthand prefixes that are not registry names.
+SHORTHAND_ALIASES = {"hf": "transformers"}
+
+
 def parse_agent_shorthand(spec: str) -> AgentSpec:
-    """CLI shorthand: ``smollm2``, ``smollm2-cot``, ``smollm2-aggressive``, ``rule-based``, ``hf:PATH_OR_ID``,
-    ``openai:MODEL@BASE_URL``."""
+    """CLI shorthand: ``smollm2[-cot][-aggressive|-fair|-passive][-greedy]``, ``rule-based``, or
+    ``BACKEND:MODEL[@BASE_URL]`` for any registered backend (``hf:`` means ``transformers:``), e.g.
+    ``hf:PATH_OR_ID``, ``openai:MODEL@http://host:port/v1``, ``llama-cpp:FILE.gguf``."""
+    from agreemate_lib.backends.registry import BACKENDS
+
     s = spec.strip()
     if s in ("rule", "rule-based", "rules"):
         return AgentSpec(id="rule-based", backend="rule-based", model="rule-based")
-    if s.startswith("hf:"):
-        model = s[3:]
-        return AgentSpec(id=_slug(model), backend="transformers", model=model)
-    if s.startswith("openai:"):
-        model, _, url = s[7:].partition("@")
-        if not url:
+    prefix, sep, rest = s.partition(":")
+    if sep and (prefix in BACKENDS or prefix in SHORTHAND_ALIASES):
+        backend = SHORTHAND_ALIASES.get(prefix, prefix)
+        model, _, url = rest.partition("@")
+        options = {"base_url": url} if url else {}
+        if backend == "openai" and not url:
             raise ValueError(f"openai agent needs a base URL: openai:MODEL@http://host:port/v1, got {spec!r}")
-        return AgentSpec(id=_slug(model), backend="openai", model=model, base_url=url)
+        return AgentSpec(id=_slug(model), backend=backend, model=model, **options)
     base, *mods = s.split("-")
     if base in ("smollm2", "embedded"):
         kw: dict[str, Any] = {}
@@ -147,46 +184,12 @@ def parse_agent_shorthand(spec: str) -> AgentSpec:
         return AgentSpec(id=s, backend="transformers", model="smollm2", **kw)
     raise ValueError(
         f"unknown agent {spec!r}: use a roster id, smollm2[-cot][-aggressive|-fair|-passive][-greedy], rule-based, "
-        "hf:PATH_OR_ID or openai:MODEL@BASE_URL"
+        f"or BACKEND:MODEL[@BASE_URL] with BACKEND one of {', '.join([*BACKENDS, *SHORTHAND_ALIASES])}"
     )
 
 
 def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", s.lower()).strip("-.") or "agent"
-
-
-def resolve_adapter(adapter: str | None) -> str | None:
-    """An adapter path as written in the roster: absolute, relative to the working directory, or to the repo."""
-    if not adapter:
-        return None
-    from pathlib import Path
-
-    from agreemate_lib.core.settings import repo_root
-
-    p = Path(adapter).expanduser()
-    if p.is_absolute() or p.exists():
-        return str(p)
-    return str(repo_root() / p)
-
-
-def make_backend(spec: AgentSpec) -> ChatBackend:
-    if spec.backend == "rule-based":
-        from agreemate_lib.backends.rule_based import RuleBasedBackend
-
-        return RuleBasedBackend(beta=spec.beta)
-    if spec.backend == "transformers":
-        from agreemate_lib.backends.transformers_backend import TransformersBackend
-
-        return TransformersBackend(spec.model, adapter=resolve_adapter(spec.adapter), dtype=spec.dtype, device=spec.device,
-                                   quantization=spec.quantization, structured=spec.structured,
-                                   batch_size=spec.batch_size)
-    if spec.backend == "openai":
-        from agreemate_lib.backends.openai_http import OpenAIBackend
-
-        return OpenAIBackend(spec.model, base_url=spec.base_url or "", api_key_env=spec.api_key_env,
-                             concurrency=spec.concurrency, timeout_s=spec.timeout_s, structured=spec.structured,
-                             max_retries=spec.max_retries, response_format=spec.response_format)
-    raise ValueError(f"unknown backend {spec.backend!r}")
 
 
 class Agent:
@@ -200,20 +203,19 @@ class Agent:
     def id(self) -> str:
         return self.spec.id
 
-    def requests_for(self, role: str, states: list[dict[str, Any]]) -> list[ChatRequest]:
+    def requests_for(self, states: list[TurnState]) -> list[ChatRequest]:
         out = []
         for st in states:
-            view = st["view"]
-            sys = system_prompt(role, view, self.spec.personality, self.spec.cot, st["max_turns"])
-            msgs = build_messages(role, sys, st["history"], st["max_turns"], st["opens"])
-            out.append(ChatRequest(msgs, self.spec.reply_format(st), context=st | {"role": role},
-                                   key=f"{st['negotiation_id']}|{st['turn']}",
-                                   prefix_key=f"{st['negotiation_id']}|{role}"))
+            sys = system_prompt(st.role, st.view, self.spec.personality, self.spec.cot, st.max_turns)
+            msgs = build_messages(st.role, sys, st.history, st.max_turns, st.opens)
+            out.append(ChatRequest(msgs, self.spec.reply_format(st), context=st,
+                                   key=f"{st.negotiation_id}|{st.turn}",
+                                   prefix_key=f"{st.negotiation_id}|{st.role}"))
         return out
 
-    def act(self, role: str, states: list[dict[str, Any]], seed: int) -> list[tuple[ParsedTurn, dict[str, Any]]]:
+    def act(self, states: list[TurnState], seed: int) -> list[tuple[ParsedTurn, dict[str, Any]]]:
         """One turn for every state: (parsed turn, provenance) pairs, in order. Never raises for a bad reply."""
-        reqs = self.requests_for(role, states)
+        reqs = self.requests_for(states)
         results: list[tuple[ParsedTurn, dict[str, Any]] | None] = [None] * len(reqs)
         pending = list(range(len(reqs)))
         attempt = 0

@@ -12,11 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agreemate_lib.core.money import PriceError, extract_prices, parse_price, price_from_utterance  # noqa: F401
 from agreemate_lib.core.vocabulary import PRICED_ACTS, normalize_action
-
-
-class PriceError(ValueError):
-    """A price that cannot be a price (negative, not finite)."""
 
 
 @dataclass(frozen=True)
@@ -31,97 +28,6 @@ class ParsedTurn:
     action_known: bool = True
     #: The action string as the model wrote it.
     raw_action: str | None = None
-
-
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-_PRICE_RE = re.compile(
-    rf"(?P<neg>-\s*)?(?P<cur>\$|usd\s*|us\$)?\s*(?P<num>{_NUM}|\.\d+)\s*(?P<k>k\b|thousand\b)?\s*(?P<unit>dollars?|bucks|usd)?",
-    re.IGNORECASE,
-)
-# Numbers followed by one of these are quantities, not prices.
-_NOT_PRICE_AFTER = re.compile(
-    r"^\s*(?:%|percent|miles?|mi\b|km|years?|yrs?|months?|weeks?|days?|hours?|minutes?|gb|tb|mb|inch|inches|in\b|"
-    r"\"|ft|feet|lbs?|pounds|oz|mm|cm|x\b|sq|bed|bath|br\b|ba\b|people|times|owners?|pieces?|pcs|st\b|nd\b|rd\b|th\b)",
-    re.IGNORECASE,
-)
-
-
-def parse_price(value: Any) -> float | None:
-    """One price from a JSON value or a string: ``1200``, ``"$1,200"``, ``"1.2k"``, ``"$45.99"``, ``"300 dollars"``.
-
-    Returns None for null-like values ("null", "none", "n/a", "", -1 as the published runs' "no price").
-    Raises :class:`PriceError` for a negative or non-finite price.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        x = float(value)
-        if x == -1:
-            return None
-        if not math.isfinite(x):
-            raise PriceError(f"price is not finite: {value!r}")
-        if x < 0:
-            raise PriceError(f"price is negative: {value!r}")
-        return x if x > 0 else None
-    text = str(value).strip()
-    if not text or text.lower() in {"null", "none", "n/a", "na", "nan", "-", "no price", "-1", "-1.0"}:
-        return None
-    m = _PRICE_RE.search(text)
-    if not m:
-        return None
-    x = _match_value(m)
-    if m.group("neg") and (m.start("neg") == 0 or text[: m.start("neg")].strip() in {"", "$"}):
-        raise PriceError(f"price is negative: {value!r}")
-    return x
-
-
-def _match_value(m: re.Match[str]) -> float:
-    num = m.group("num").replace(",", "")
-    x = float(num)
-    if m.group("k"):
-        x *= 1000.0
-    return round(x, 2)
-
-
-def extract_prices(text: str) -> list[float]:
-    """Every price mentioned in free text, in order.
-
-    Amounts marked with ``$``/``USD``/``dollars``/``k`` always count; bare numbers count unless followed by a unit
-    (miles, years, GB, %, ...) or looking like a model year next to the word it qualifies.
-    """
-    if not text:
-        return []
-    out: list[float] = []
-    for m in _PRICE_RE.finditer(text):
-        marked = bool(m.group("cur") or m.group("k") or m.group("unit"))
-        if not marked:
-            after = text[m.end("num") :]
-            if _NOT_PRICE_AFTER.match(after):
-                continue
-            num = m.group("num")
-            # 4-digit 19xx/20xx followed by a capitalised word is a model year ("2006 Toyota").
-            if re.fullmatch(r"(19|20)\d\d", num) and re.match(r"\s+[A-Z]", after):
-                continue
-            # Part of an identifier or a version ("iPhone 7", "HERO4", "v2.0"): preceded directly by a letter.
-            if m.start("num") > 0 and text[m.start("num") - 1].isalpha():
-                continue
-            if float(num.replace(",", "")) == 0:
-                continue
-        out.append(_match_value(m))
-    return out
-
-
-def price_from_utterance(text: str) -> float | None:
-    """The price an utterance proposes: the last ``$``-marked amount if any, else the last plausible number."""
-    if not text:
-        return None
-    marked = [
-        _match_value(m) for m in _PRICE_RE.finditer(text) if m.group("cur") or m.group("k") or m.group("unit")
-    ]
-    if marked:
-        return marked[-1]
-    found = extract_prices(text)
-    return found[-1] if found else None
 
 
 _FENCE_RE = re.compile(r"```(?:json|JSON|python)?\s*(.*?)```", re.DOTALL)

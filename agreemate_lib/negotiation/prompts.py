@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
+from agreemate_lib.core.money import format_money
+
 
 PERSONALITIES: dict[str, str] = {
     "": "",
@@ -25,10 +27,6 @@ PERSONALITIES: dict[str, str] = {
 }
 
 
-def _money(x: float) -> str:
-    return f"${x:,.0f}" if x >= 100 or float(x).is_integer() else f"${x:,.2f}"
-
-
 def _round(x: float) -> float:
     if x >= 1000:
         return float(round(x / 10) * 10)
@@ -43,17 +41,17 @@ def few_shot_examples(role: str, listing_price: float, cot: bool) -> list[dict[s
     if role == "buyer":
         ex = [
             {"action": "inquire", "utterance": "Hi! Is it still available, and what condition is it in?", "price": None},
-            {"action": "offer", "utterance": f"Would you take {_money(_round(0.75 * L))} for it?",
+            {"action": "offer", "utterance": f"Would you take {format_money(_round(0.75 * L))} for it?",
              "price": _round(0.75 * L)},
-            {"action": "counter-price", "utterance": f"That's too much for me. I could go to {_money(_round(0.82 * L))}.",
+            {"action": "counter-price", "utterance": f"That's too much for me. I could go to {format_money(_round(0.82 * L))}.",
              "price": _round(0.82 * L)},
         ]
     else:
         ex = [
             {"action": "inform", "utterance": "Yes, it's in great shape and works perfectly.", "price": None},
-            {"action": "counter-price", "utterance": f"I can't go that low, but I could do {_money(_round(0.95 * L))}.",
+            {"action": "counter-price", "utterance": f"I can't go that low, but I could do {format_money(_round(0.95 * L))}.",
              "price": _round(0.95 * L)},
-            {"action": "insist", "utterance": f"{_money(_round(0.92 * L))} is my best price, it's worth it.",
+            {"action": "insist", "utterance": f"{format_money(_round(0.92 * L))} is my best price, it's worth it.",
              "price": _round(0.92 * L)},
         ]
     if cot:
@@ -91,10 +89,10 @@ def system_prompt(role: str, view: dict[str, Any], personality: str = "", cot: b
     """Generic contract first (shared by every negotiation), then the role, the listing and scaled examples."""
     other = "seller" if role == "buyer" else "buyer"
     goal = (
-        f"You are the buyer. Buy the item for as little as possible; your target price is {_money(view['target'])}."
+        f"You are the buyer. Buy the item for as little as possible; your target price is {format_money(view['target'])}."
         if role == "buyer"
         else f"You are the seller. Sell the item for as much as possible; your target price is "
-        f"{_money(view['target'])} and you never accept less than {_money(view['bottom_line'])}."
+        f"{format_money(view['target'])} and you never accept less than {format_money(view['bottom_line'])}."
     )
     desc = (view.get("description") or "")[:400]
     fields = '"reasoning" (a short private thought, never shown to the other side), ' if cot else ""
@@ -107,7 +105,7 @@ def system_prompt(role: str, view: dict[str, Any], personality: str = "", cot: b
         "The listing:",
         f"- Title: {view['title']}",
         f"- Category: {view['category']}",
-        f"- Listing price: {_money(view['listing_price'])}",
+        f"- Listing price: {format_money(view['listing_price'])}",
         f"- Description: {desc}",
         "",
         "Examples of replies:",
@@ -128,7 +126,7 @@ def describe_other_turn(speaker: str, action: str, utterance: str, price: float 
         return f"[The {speaker} accepts.]"
     if action in ("reject", "quit"):
         return f"[The {speaker} walks away.]"
-    return f"[The {speaker} proposes {_money(price)}.]" if price is not None else f"[The {speaker} says nothing.]"
+    return f"[The {speaker} proposes {format_money(price)}.]" if price is not None else f"[The {speaker} says nothing.]"
 
 
 def build_messages(role: str, system: str, history: Sequence[dict[str, Any]], max_turns: int,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 from agreemate_lib.negotiation.agents import Agent
+from agreemate_lib.negotiation.state import TurnState
 from agreemate_lib.core.scenarios import Scenario
 from agreemate_lib.core.records import Negotiation, Turn
 
@@ -78,25 +79,26 @@ class _Live:
         self.scenario = scenario
         self.started = time.perf_counter()
 
-    def state(self, role: str, cfg: RunConfig) -> dict[str, Any]:
+    def state(self, role: str, cfg: RunConfig) -> TurnState:
         turns = self.neg.turns
         other = other_role(role)
-        return {
-            "negotiation_id": self.neg.negotiation_id,
-            "view": self.scenario.view_for(role),
-            "turn": len(turns),
-            "max_turns": cfg.max_turns,
-            "opens": (turns[0].speaker == role) if turns else True,
-            "history": [
+        return TurnState(
+            negotiation_id=self.neg.negotiation_id,
+            role=role,
+            view=self.scenario.view_for(role),
+            turn=len(turns),
+            max_turns=cfg.max_turns,
+            opens=(turns[0].speaker == role) if turns else True,
+            history=[
                 {"speaker": t.speaker, "action": t.action, "utterance": t.utterance, "price": t.price,
                  "reasoning": t.reasoning if t.speaker == role else None,
                  "raw": t.raw_output if (t.speaker == role and t.structured and t.retries == 0) else None}
                 for t in turns
             ],
-            "other_last_price": last_price_by(turns, other),
-            "own_last_price": last_price_by(turns, role),
-            "own_priced_turns": sum(1 for t in turns if t.speaker == role and t.price is not None),
-        }
+            other_last_price=last_price_by(turns, other),
+            own_last_price=last_price_by(turns, role),
+            own_priced_turns=sum(1 for t in turns if t.speaker == role and t.price is not None),
+        )
 
 
 def _speaker(turn_index: int, buyer_opens: bool) -> str:
@@ -126,7 +128,7 @@ def _step(agents: dict[str, Agent], live: list[_Live], cfg: RunConfig, turn_inde
     """Advance every live negotiation by one turn with a single batched call; return the ones still live."""
     role = _speaker(turn_index, cfg.buyer_opens)
     states = [lv.state(role, cfg) for lv in live]
-    results = agents[role].act(role, states, seed=cfg.seed + 7919 * turn_index)
+    results = agents[role].act(states, seed=cfg.seed + 7919 * turn_index)
     still = []
     for lv, (parsed, info) in zip(live, results):
         turn = _make_turn(len(lv.neg.turns), role, parsed, info)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agreemate_lib.core.money import price_spans
+
 NEGOTIATION_VERBS = ("sell", "sells", "selling", "sold", "buy", "buys", "buying", "bought", "offer", "offers",
                      "offered", "offering", "pay", "pays", "paying", "paid", "take", "takes", "taking", "took",
                      "give", "gives", "giving", "gave", "accept", "accepts", "accepted", "deal", "deals", "counter",
@@ -33,13 +35,12 @@ CONTROL_VERBS = ("know", "knows", "knew", "think", "thinks", "thought", "see", "
                  "came", "try", "tried", "mean", "feel", "hope", "wonder")
 TAGS = ("other", "price", "verb", "control")
 # Numbers and "$" amounts, but not the runner's "[N messages left]" notes.
-_PRICE_RE = re.compile(r"\$\s?\d[\d,]*(?:\.\d+)?k?|\b\d[\d,]*(?:\.\d+)?\b(?!\s*messages?\b)")
 _WORD_RE = re.compile(r"[A-Za-z]+")
 
 
 def tag_tokens(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
     """Tag id per token (index into TAGS) from character spans of prices and verbs."""
-    spans: list[tuple[int, int, int]] = [(m.start(), m.end(), 1) for m in _PRICE_RE.finditer(text)]
+    spans: list[tuple[int, int, int]] = [(p.start, p.end, 1) for p in price_spans(text)]
     verbs, controls = set(NEGOTIATION_VERBS), set(CONTROL_VERBS)
     for m in _WORD_RE.finditer(text):
         w = m.group().lower()

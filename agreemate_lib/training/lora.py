@@ -76,41 +76,21 @@ def ema_update(prev: float | None, value: float, alpha: float) -> float:
     return value if prev is None else alpha * prev + (1 - alpha) * value
 
 
-def _bf16_ok(device: str) -> bool:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
 def load_base(cfg: LoraTrainConfig, device: str):
     """(tokenizer, model, quantization used, note). nf4 needs a safetensors source (the converted embedded model)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from agreemate_lib.backends.models import load_model
 
-    from agreemate_lib.backends.models import resolve_model_path
-
-    path = resolve_model_path(cfg.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.pad_token = tok.pad_token or tok.eos_token
     note = ""
     if cfg.quantization in ("auto", "nf4"):
         try:
-            from transformers import BitsAndBytesConfig
-
-            q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16 if _bf16_ok(device) else torch.float32)
-            model = AutoModelForCausalLM.from_pretrained(path, quantization_config=q, device_map={"": device})
+            tok, model = load_model(cfg.model, dtype=None, device=device, quantization="nf4", double_quant=True,
+                                    trainable=True)
             return tok, model, "nf4", f"bitsandbytes 4-bit nf4 on {device}"
         except Exception as exc:  # noqa: BLE001 - fall back, saying why
             if cfg.quantization == "nf4":
                 raise RuntimeError(f"4-bit nf4 was requested but bitsandbytes cannot run it on {device}: {exc}")
             note = f"nf4 unavailable on {device} ({type(exc).__name__}: {exc}); trained unquantized"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    tok, model = load_model(cfg.model, dtype="fp32", device=device, trainable=True)
     return tok, model, "none", note
 
 
@@ -209,7 +189,9 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                              target_modules=cfg.modules(), task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and _bf16_ok(device))
+    from agreemate_lib.backends.models import bf16_supported
+
+    use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and bf16_supported(device))
 
     def autocast():
         if use_bf16:
