@@ -1,6 +1,9 @@
-"""The AgreeMate Dagster project: assets by domain, checks, the roster sensor, resources."""
+"""The AgreeMate Dagster project: definitions loaded from the ``defs`` folder, one subfolder per domain (data,
+negotiation, evaluation, training, probing, reports), each with its assets, checks, partitions and sensors;
+resources and jobs beside them."""
 
 import warnings
+from pathlib import Path
 
 from dagster import BetaWarning, PreviewWarning
 
@@ -9,19 +12,22 @@ from dagster import BetaWarning, PreviewWarning
 warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
-from dagster import AutomationConditionSensorDefinition, Definitions, in_process_executor, load_assets_from_modules
+from dagster import AutomationConditionSensorDefinition, Definitions, in_process_executor, load_defs  # noqa: E402
 
-from .assets import data, evaluation, negotiation, probing, reports, training
-from .assets.training import role_split_checks
-from .checks import metrics_checks, scenarios_checks
-from .resources import default_resources
-from .sensors import roster_sensor
+from . import defs as defs_folder  # noqa: E402
 
-defs = Definitions(
-    assets=load_assets_from_modules([data, negotiation, evaluation, reports, training, probing]),
-    asset_checks=[scenarios_checks, metrics_checks, role_split_checks],
-    sensors=[roster_sensor, AutomationConditionSensorDefinition("automation", target="*")],
-    resources=default_resources(),
-    # One process per run: the model is loaded once and shared by both agents; SQLite sees one writer per run.
-    executor=in_process_executor,
+defs = Definitions.merge(
+    load_defs(defs_folder, project_root=Path(__file__).resolve().parent.parent),
+    Definitions(
+        sensors=[AutomationConditionSensorDefinition("automation", target="*")],
+        # One process per run: the model is loaded once and shared by both agents; SQLite sees one writer per run.
+        executor=in_process_executor,
+    ),
 )
+
+
+def definitions_for(resources: dict) -> Definitions:
+    """The same project with other resources (a test's or a study's results location): every asset, check, job and
+    sensor of ``defs``, bound to ``resources``."""
+    return Definitions(assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, sensors=defs.sensors,
+                       schedules=defs.schedules, resources=resources, executor=in_process_executor)

@@ -1,7 +1,9 @@
-"""The main job: materialize the roster, the scenarios, the default pairs of agents.yaml and the metrics table
-into the Dagster instance at $DAGSTER_HOME, in this process (the model is loaded once for every pair).
+"""The main job: the roster, the scenarios, the default pairs of agents.yaml, the metrics table and (by default) the
+evaluation and report assets, materialized into the Dagster instance at $DAGSTER_HOME by the project's defined jobs
+(``study_setup``, ``buyer_config``/``seller_config``, ``study_pair`` per pair, ``study_metrics``,
+``study_reports``), in this process (the model is loaded once for every pair).
 
-    python -m agreemate_assets.study [--pairs B|S ...] [--scenarios N] [--max-turns T]
+    python -m agreemate_assets.study [--pairs B|S ...] [--scenarios N] [--max-turns T] [--no-report]
 """
 
 import argparse
@@ -10,57 +12,46 @@ import sys
 import time
 from pathlib import Path
 
-from dagster import AssetSelection, DagsterInstance, materialize
+from dagster import DagsterInstance
 
 from agreemate_lib.negotiation.roster import default_pairs, load_roster
 
-from .definitions import defs
-from .partitions import pair_key, register_agents
-from .resources import StudySettings
-
-
-EVALUATION_ASSETS = ("human_baseline", "published_runs", "table3", "group_tables")
+from .definitions import definitions_for
+from .defs.negotiation.partitions import pair_key, register_agents
+from .lib.resources import StudySettings, build_resources
 
 
 def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple[str, str]], log=print,
               log_level: str = "WARNING", with_reports: bool = False) -> dict:
-    """Materialize roster, scenarios, the pairs' agent configs, the pairs (transcripts + metrics) and ``metrics``,
-    one Dagster run each, recorded in ``instance``. Returns {"BUYER|SELLER": success}."""
-    assets = list(defs.assets)  # type: ignore[arg-type]
-    checks = list(defs.asset_checks)  # type: ignore[arg-type]
-    resources = dict(defs.resources or {}) | {"study": study}
-    everything = assets + checks
+    """Run the study's jobs for ``pairs``, each run recorded in ``instance``. Returns {"BUYER|SELLER": success}."""
+    project = definitions_for(build_resources(study))
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
 
-    def run(selection, partition_key=None):
-        res = materialize(everything, selection=selection, partition_key=partition_key, instance=instance,
-                          resources=resources, raise_on_error=False,
-                          run_config={"loggers": {"console": {"config": {"log_level": log_level}}}})
+    def run(job_name: str, partition_key=None):
+        res = project.resolve_job_def(job_name).execute_in_process(
+            instance=instance, partition_key=partition_key, raise_on_error=False, run_config=run_config)
         if not res.success:
-            log(f"  run {res.run_id[:8]} for {partition_key or 'unpartitioned'} failed; see the Dagster UI")
+            log(f"  run {res.run_id[:8]} of {job_name} for {partition_key or 'unpartitioned'} failed; see the Dagster UI")
         return res
 
     t0 = time.perf_counter()
-    run(AssetSelection.assets("agent_roster", "scenarios").with_checks_if_possible()
-        if hasattr(AssetSelection, "with_checks_if_possible") else
-        AssetSelection.assets("agent_roster", "scenarios") | AssetSelection.checks_for_assets("scenarios"))
+    run("study_setup")
     roster = load_roster(study.roster_file())
     register_agents(instance, list(roster))
     for agent in sorted({b for b, _ in pairs}):
-        run(AssetSelection.assets("buyer_agent_config"), agent)
+        run("buyer_config", agent)
     for agent in sorted({s for _, s in pairs}):
-        run(AssetSelection.assets("seller_agent_config"), agent)
+        run("seller_config", agent)
     results = {}
     for b, s in pairs:
         t = time.perf_counter()
-        res = run(AssetSelection.assets("negotiation_transcripts", "negotiation_metrics")
-                  | AssetSelection.checks_for_assets("negotiation_transcripts"), pair_key(b, s))
+        res = run("study_pair", pair_key(b, s))
         results[f"{b}|{s}"] = res.success
         log(f"  {b} vs {s}: {'ok' if res.success else 'FAILED'} in {time.perf_counter() - t:.0f} s")
-    run(AssetSelection.assets("metrics") | AssetSelection.checks_for_assets("metrics"))
+    run("study_metrics")
     if with_reports:
         t = time.perf_counter()
-        run((AssetSelection.groups("reports") - AssetSelection.assets("figure_training_curves"))
-            | AssetSelection.assets(*EVALUATION_ASSETS) | AssetSelection.checks_for_assets("published_runs"))
+        run("study_reports")
         log(f"  evaluation and reports in {time.perf_counter() - t:.0f} s")
     log(f"study done in {time.perf_counter() - t0:.0f} s")
     return results
@@ -86,7 +77,7 @@ def main(argv=None) -> int:
           f"instance {os.environ['DAGSTER_HOME']}")
     results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
     out = study.results_path()
-    print(f"\nresults: {out}/metrics.parquet (table), {out}/transcripts/ (one parquet per pair)")
+    print(f"\nresults: {out}/metrics.parquet (table), {out}/negotiation_transcripts/ (one parquet per pair)")
     if not args.no_report:
         print(f"report:  {out}/report/report.html (figures in {out}/figures/)")
     print("browse them: DAGSTER_HOME=dagster_home .venv/bin/dagster dev -h 127.0.0.1 -p 3000   (then open "

@@ -31,7 +31,7 @@ ROSTER = {
 def env(tmp_path, dagster_home, data_dir):
     roster = tmp_path / "agents.yaml"
     roster.write_text(yaml.safe_dump(ROSTER))
-    from agreemate_assets.resources import StudySettings
+    from agreemate_assets.lib.resources import StudySettings
 
     study = StudySettings(results_dir=str(tmp_path / "results"), roster_path=str(roster), n_scenarios=2,
                           max_turns=4, seed=0)
@@ -39,17 +39,12 @@ def env(tmp_path, dagster_home, data_dir):
         yield instance, study, roster
 
 
-def _all():
-    from agreemate_assets.definitions import defs
-
-    return list(defs.assets) + list(defs.asset_checks)
-
-
 def mat(instance, study, selection, partition_key=None):
     from agreemate_assets.definitions import defs
+    from agreemate_assets.lib.resources import build_resources
 
-    return materialize(_all(), selection=selection, partition_key=partition_key, instance=instance,
-                       resources=dict(defs.resources) | {"study": study}, raise_on_error=False)
+    return materialize(list(defs.assets) + list(defs.asset_checks), selection=selection, partition_key=partition_key,
+                       instance=instance, resources=build_resources(study), raise_on_error=False)
 
 
 def check_passed(instance, asset, check, partition=None):
@@ -76,7 +71,7 @@ def test_study_materializes_pairs_and_metrics(env):
     results = run_study(instance, study, [("rb-a", "rb-b"), ("tiny", "rb-a")], log=lambda *_: None)
     assert all(results.values()), results
     # the partition files exist and hold turns from real negotiations
-    t = pd.read_parquet(Path(study.results_dir) / "transcripts" / "buyer=tiny" / "seller=rb-a.parquet")
+    t = pd.read_parquet(Path(study.results_dir) / "negotiation_transcripts" / "buyer=tiny" / "seller=rb-a.parquet")
     assert t["negotiation_id"].nunique() == 2 and t["parse_ok"].all() and (t["tokens_out"] > 0).any()
     table = pd.read_parquet(Path(study.results_dir) / "metrics.parquet")
     assert set(table["pair"]) == {"rb-a+rb-b", "tiny+rb-a"}
@@ -99,7 +94,7 @@ def test_study_materializes_pairs_and_metrics(env):
 
 
 def test_planted_bad_transcript_fails_check_and_blocks_metrics(env, monkeypatch):
-    from agreemate_assets.assets import negotiation as negotiation_module
+    from agreemate_assets.defs.negotiation import assets as negotiation_module
     from agreemate_assets.study import run_study
 
     instance, study, _ = env
@@ -114,11 +109,13 @@ def test_planted_bad_transcript_fails_check_and_blocks_metrics(env, monkeypatch)
         bad.outcome, bad.accepted_price = "accepted", None
         return negs
 
-    from agreemate_assets.partitions import register_agents
+    from agreemate_assets.defs.negotiation.partitions import register_agents
 
     register_agents(instance, ["rb-c"])
     for asset in ("buyer_agent_config", "seller_agent_config"):
         assert mat(instance, study, AssetSelection.assets(asset), "rb-c").success
+    # each side loads its own config asset: rb-a has played buyer only so far
+    assert mat(instance, study, AssetSelection.assets("seller_agent_config"), "rb-a").success
     monkeypatch.setattr(negotiation_module, "run_negotiations", planted)
     sel = AssetSelection.assets("negotiation_transcripts", "negotiation_metrics") | AssetSelection.checks_for_assets(
         "negotiation_transcripts")
@@ -143,8 +140,8 @@ def test_roster_changes_touch_only_their_partitions(env):
     from dagster import evaluate_automation_conditions
 
     from agreemate_assets.definitions import defs
-    from agreemate_assets.partitions import pair_partitions
-    from agreemate_assets.sensors import roster_sensor
+    from agreemate_assets.defs.negotiation.partitions import pair_partitions
+    from agreemate_assets.defs.negotiation.sensors import roster_sensor
     from agreemate_assets.study import run_study
 
     instance, study, roster = env
@@ -193,7 +190,7 @@ def test_roster_changes_touch_only_their_partitions(env):
     assert {str(k) for k in after - before} == {f"rb-d|{x}" for x in ("rb-a", "rb-b", "rb-c", "rb-d")} | {
         f"{x}|rb-d" for x in ("rb-a", "rb-b", "rb-c")}
     # registering again is idempotent
-    from agreemate_assets.partitions import register_agents
+    from agreemate_assets.defs.negotiation.partitions import register_agents
 
     assert register_agents(instance, ["rb-a", "rb-d"]) == []
 
@@ -239,7 +236,8 @@ def test_dagster_dev_serves_graphql(tmp_path):
 
 def test_metrics_materializes_on_a_fresh_instance(env):
     instance, study, _ = env
-    res = mat(instance, study, AssetSelection.assets("metrics") | AssetSelection.checks_for_assets("metrics"))
+    res = mat(instance, study, AssetSelection.assets("metrics_by_negotiation", "metrics")
+              | AssetSelection.checks_for_assets("metrics"))
     assert res.success
     assert pd.read_parquet(Path(study.results_dir) / "metrics.parquet").empty
     assert check_passed(instance, "metrics", "agreement_rate_is_a_rate") is True

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from agreemate_lib.evaluation.comparisons import (PAPER_TABLE3, TABLE3_METRICS, human_baseline_table, paired_comparison,
-                                      paper_table3_files, size_cot_files, table3)
+from agreemate_lib.evaluation.comparisons import (PAPER_TABLE3, TABLE3_METRICS, paired_comparison, paper_table3_files,
+                                                 size_cot_files, table3)
+from agreemate_lib.evaluation.human import human_baseline_table
 
 from .conftest import PUBLISHED
 
@@ -51,7 +52,7 @@ def test_paired_comparison_names_its_test():
 
 @pytest.mark.slow
 def test_figure_and_report_assets(tmp_path, dagster_home, data_dir):
-    from agreemate_assets.resources import StudySettings
+    from agreemate_assets.lib.resources import StudySettings
     from agreemate_assets.study import run_study
 
     roster = tmp_path / "agents.yaml"

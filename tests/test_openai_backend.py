@@ -166,7 +166,7 @@ def test_real_server_negotiation_partition(llama_server, tmp_path, dagster_home,
     import yaml
     from dagster import AssetKey, DagsterInstance
 
-    from agreemate_assets.resources import StudySettings
+    from agreemate_assets.lib.resources import StudySettings
     from agreemate_assets.study import run_study
 
     roster = tmp_path / "agents.yaml"

@@ -277,6 +277,9 @@ class TurnMachineProcessor:
         self.machines = machines
         self._started = False
         self.elapsed = 0.0  # seconds spent here (the Python side of structured generation)
+        #: Disallowed-token masks on the scores' device, by the allowed mask they invert (masks are cached per
+        #: tokenizer, so each is moved and inverted once per call of generate, not once per row and step).
+        self._blocked: dict[int, torch.Tensor] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         import time
@@ -299,7 +302,11 @@ class TurnMachineProcessor:
             if allowed is None:
                 continue
             if isinstance(allowed, torch.Tensor):
-                scores[row].masked_fill_(~allowed[: scores.shape[1]], neg)
+                blocked = self._blocked.get(id(allowed))
+                if blocked is None:
+                    blocked = (~allowed[: scores.shape[1]]).to(scores.device)
+                    self._blocked[id(allowed)] = blocked
+                scores[row].masked_fill_(blocked, neg)
             else:
                 keep = scores[row, allowed].clone()
                 scores[row].fill_(neg)

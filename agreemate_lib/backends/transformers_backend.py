@@ -45,6 +45,15 @@ def _attach_forward_timers(model) -> None:
     model._agreemate_forward_stats = stats
 
 
+def cache_kwarg(model) -> str:
+    """The name ``generate`` takes a KV cache under: ``cache`` from transformers 5.2x (``past_key_values`` is
+    deprecated there), ``past_key_values`` before."""
+    import inspect
+
+    params = inspect.signature(model.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class TransformersConfig(BackendConfig):
     dtype: str = "auto"
     device: str = "auto"
@@ -71,17 +80,24 @@ class TransformersBackend(ChatBackend):
 
     def __init__(self, model: str = "smollm2", *, adapter: str | None = None, dtype: str = "auto",
                  device: str = "auto", quantization: str | None = None, structured: bool = True,
-                 batch_size: int = 32, prefix_cache: bool = True, prefix_cache_tokens: int = 64_000):
+                 batch_size: int = 32, prefix_cache: bool = True, prefix_cache_tokens: int = 64_000,
+                 loaded: tuple | None = None):
         self.model_name = model or "smollm2"
         self.adapter = adapter
         self.structured = structured
         self.batch_size = max(1, batch_size)
-        try:
-            self.tokenizer, self.model = load_model(
-                self.model_name, dtype=dtype, device=device, quantization=quantization, adapter=adapter
-            )
-        except ModelLoadError as exc:
-            raise BackendError(str(exc)) from exc
+        if loaded is not None:  # a (tokenizer, model) built elsewhere (benchmarks of models built from a config)
+            self.tokenizer, self.model = loaded
+            self.tokenizer.padding_side = "left"
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+        else:
+            try:
+                self.tokenizer, self.model = load_model(
+                    self.model_name, dtype=dtype, device=device, quantization=quantization, adapter=adapter
+                )
+            except ModelLoadError as exc:
+                raise BackendError(str(exc)) from exc
         if not hasattr(self.model, "_agreemate_forward_stats"):
             _attach_forward_timers(self.model)
         self.device = next(self.model.parameters()).device
@@ -165,7 +181,7 @@ class TransformersBackend(ChatBackend):
 
             past = DynamicCache(config=self.model.config)
         if past is not None:
-            gen_kwargs["cache"] = past
+            gen_kwargs[cache_kwarg(self.model)] = past
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kwargs)
         self.stats["generate_s"] += time.perf_counter() - t0
@@ -258,7 +274,8 @@ class TransformersBackend(ChatBackend):
 
         past = DynamicCache(config=self.model.config)
         with torch.inference_mode():
-            self.model(input_ids=torch.tensor([head[:n]], device=self.device), cache=past, use_cache=True)
+            self.model(input_ids=torch.tensor([head[:n]], device=self.device), use_cache=True,
+                       **{cache_kwarg(self.model): past})
         self.prefix_cache.store_shared(CachedPrefix(head[:n], [l.keys[0].clone() for l in past.layers],
                                                     [l.values[0].clone() for l in past.layers]))
         self.prefix_cache.prefilled_tokens += n

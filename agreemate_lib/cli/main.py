@@ -84,14 +84,14 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from agreemate_lib.evaluation.report import build_report
-    from agreemate_lib.core.settings import data_dir, repo_root
+    from agreemate_lib.core.settings import data_dir, get_settings
+    from agreemate_lib.evaluation.report import build_report, load_study
 
     published = args.published
     if published is None and data_dir() is not None:
         published = str(data_dir() / "agreemate_published_runs")
-    results = args.results or str(repo_root() / "results")
-    path = build_report(results, args.out, published, include_human=not args.no_human)
+    table, turns = load_study(args.results or get_settings().results)
+    path = build_report(args.out, table, turns, published, include_human=not args.no_human)
     print(f"wrote {path} (figures in {Path(args.out) / 'figures'})")
     return 0
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="render the static HTML report (tables, figures, transcript browser)")
     r.add_argument("--out", required=True)
-    r.add_argument("--results", default=None, help="assets results folder (default: <repo>/results)")
+    r.add_argument("--results", default=None, help="assets results folder (default: the results setting, <repo>/results)")
     r.add_argument("--published", default=None, help="folder of AgreeMate result CSVs (default: the data setting's)")
     r.add_argument("--no-human", action="store_true", help="leave out the human baseline")
     r.set_defaults(func=_cmd_report)

@@ -10,18 +10,21 @@ from pathlib import Path
 import pandas as pd
 
 from agreemate_lib.evaluation import figures as F
-from agreemate_lib.evaluation.comparisons import PAPER_TABLE3, TABLE3_METRICS, human_negotiations, paper_table3_files, size_cot_files, table3
+from agreemate_lib.evaluation.comparisons import PAPER_TABLE3, TABLE3_METRICS, paper_table3_files, size_cot_files, table3
+from agreemate_lib.evaluation.human import human_negotiations
 from agreemate_lib.evaluation.tables import negotiation_table, summarize
 from agreemate_lib.evaluation.metrics import METRIC_NAMES
 from agreemate_lib.core.records import negotiations_to_frame
 
 
 def load_study(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Our per-negotiation metrics and turn tables from an assets results folder (empty frames if none)."""
+    """Our per-negotiation metrics and turn tables from an assets results folder (empty frames if none): the files
+    the ``metrics_by_negotiation`` and ``negotiation_transcripts`` assets store."""
     r = Path(results_dir)
     table = pd.read_parquet(r / "metrics_by_negotiation.parquet") if (r / "metrics_by_negotiation.parquet").is_file() \
         else pd.DataFrame()
-    files = sorted((r / "transcripts").glob("buyer=*/seller=*.parquet")) if (r / "transcripts").is_dir() else []
+    tdir = r / "negotiation_transcripts"
+    files = sorted(tdir.glob("buyer=*/seller=*.parquet")) if tdir.is_dir() else []
     turns = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
     return table, turns
 
@@ -54,18 +57,19 @@ def _with_ci(summary: pd.DataFrame, key: str) -> pd.DataFrame:
     return out
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path, published_dir: str | Path | None = None,
-                 human_source: str | None = None, include_human: bool = True) -> Path:
+def build_report(out_dir: str | Path, table: pd.DataFrame, turns: pd.DataFrame,
+                 published_dir: str | Path | None = None, human_source: str | None = None,
+                 include_human: bool = True, n_boot: int = 2000) -> Path:
+    """The static HTML report from our per-negotiation metrics (``table``) and turns."""
     out = Path(out_dir)
     figdir = out / "figures"
-    table, turns = load_study(results_dir)
     if include_human:
         humans = human_negotiations("validation", human_source)
         table = pd.concat([table, negotiation_table(humans)], ignore_index=True)
         turns = pd.concat([turns, negotiations_to_frame(humans)], ignore_index=True)
     sections = []
     if len(table):
-        summary = summarize(table, "pair", n_boot=1000)
+        summary = summarize(table, "pair", n_boot=n_boot)
         sections.append(("Metrics per pair (mean [95% bootstrap CI])",
                          _with_ci(summary, "pair").to_html(index=False, border=0, classes="t")))
         for name, chart in figure_charts(table, turns).items():

@@ -21,19 +21,25 @@ import math
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 
-@dataclass
-class LoraTrainConfig:
+class LoraTrainConfig(BaseModel):
+    """Every training setting, in one place (the Dagster asset's run config is this class). Defaults: CPU-sized;
+    ``preset: full`` selects the paper-scale GPU settings of :meth:`full`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    preset: Literal["default", "full"] = "default"
     model: str = "smollm2"
     r: int = 32
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
     include_mlp: bool = False
     lr: float = 3e-4
     layer_decay: float = 0.9
@@ -56,8 +62,13 @@ class LoraTrainConfig:
     @classmethod
     def full(cls) -> "LoraTrainConfig":
         """Paper-scale settings for a GPU (3B base, all examples, longer schedule)."""
-        return cls(model="meta-llama/Llama-3.2-3B-Instruct", max_steps=1500, micro_batch=8, grad_accum=4,
-                   max_length=2048, val_examples=512, cycle_steps=300, warmup_steps=50, lr=2e-4)
+        return cls(preset="full", model="meta-llama/Llama-3.2-3B-Instruct", max_steps=1500, micro_batch=8,
+                   grad_accum=4, max_length=2048, val_examples=512, cycle_steps=300, warmup_steps=50, lr=2e-4)
+
+    def resolved(self, seed: int | None = None) -> "LoraTrainConfig":
+        """The settings a run uses: the preset's, with the study's seed."""
+        base = LoraTrainConfig.full() if self.preset == "full" else self
+        return base.model_copy(update={} if seed is None else {"seed": seed})
 
     def modules(self) -> list[str]:
         return list(self.target_modules) + (["gate_proj", "up_proj", "down_proj"] if self.include_mlp else [])
@@ -268,5 +279,5 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         "device": device,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "training_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "training_config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
     return metrics

@@ -16,7 +16,7 @@ from dagster import (
 from agreemate_lib.negotiation.roster import RosterError, load_roster
 
 from .partitions import missing_agents
-from .resources import StudySettings
+from ...lib.resources import StudySettings
 
 
 def latest_config_hash(instance, asset: str, agent_id: str) -> str | None:

@@ -10,59 +10,62 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetSpec,
+    AssetIn,
+    AssetOut,
     Config,
     MaterializeResult,
     MetadataValue,
-    StaticPartitionsDefinition,
+    Output,
     asset,
     multi_asset,
     multi_asset_check,
 )
 
 from agreemate_lib.core import settings as lib_settings
+from agreemate_lib.training.lora import LoraTrainConfig
 from agreemate_lib.training.splits import ROLES, build_role_splits
-from agreemate_lib.core.io import atomic_write_parquet
 
-from ..gx_validation import validate
-from ..resources import StudySettings
+from ...lib.gx import validate
+from ...lib.resources import ResultsStore, StudySettings
+from .partitions import role_partitions
 
-role_partitions = StaticPartitionsDefinition(list(ROLES))
 SPLIT_KEYS = {role: f"{role}_split" for role in ROLES}
 
 
-def split_path(study: StudySettings, role: str) -> Path:
-    return study.results_path() / "role_splits" / f"{role}.parquet"
+class AdapterTraining(LoraTrainConfig, Config):
+    """The lora_adapters run config: exactly :class:`LoraTrainConfig` (CPU-sized defaults, about 5 minutes a role
+    here; ``preset: full`` = paper scale on a GPU)."""
 
 
-def adapter_dir(study: StudySettings, role: str) -> Path:
-    return study.results_path() / "adapters" / role
+def adapter_dir(store: ResultsStore, role: str) -> Path:
+    return store.local_dir("adapters", role)
 
 
-@multi_asset(specs=[AssetSpec(SPLIT_KEYS[r], group_name="training", deps=["craigslist_raw"],
-                              description=f"Training examples for the {r} adapter (context -> turn JSON)")
-                    for r in ROLES], can_subset=False)
+@multi_asset(outs={SPLIT_KEYS[r]: AssetOut(group_name="training", kinds={"pandas", "parquet"},
+                                           description=f"Training examples for the {r} adapter (context -> turn "
+                                                       "JSON)")
+                   for r in ROLES}, deps=["craigslist_raw"], can_subset=False)
 def role_splits(study: StudySettings):
     d = lib_settings.data_dir()
     splits = build_role_splits(study.source(), d / "deal_or_no_deal" if d else None, seed=study.seed)
     for role, df in splits.items():
-        path = atomic_write_parquet(df, split_path(study, role))
-        yield MaterializeResult(asset_key=SPLIT_KEYS[role], metadata={
+        yield Output(df, output_name=SPLIT_KEYS[role], metadata={
             "examples": len(df), "by_split": MetadataValue.json(df["split"].value_counts().to_dict()),
             "by_source": MetadataValue.json(df["source"].value_counts().to_dict()),
             "actions": MetadataValue.json(df["action"].value_counts().to_dict()),
-            "dialogues": int(df["dialogue_id"].nunique()), "path": MetadataValue.path(str(path)),
+            "dialogues": int(df["dialogue_id"].nunique()),
             "example": MetadataValue.json(json.loads(df.iloc[0]["target"]))})
 
 
-@multi_asset_check(specs=[AssetCheckSpec("split_contract", asset=SPLIT_KEYS[r], blocking=True) for r in ROLES])
-def role_split_checks(study: StudySettings):
+@multi_asset_check(specs=[AssetCheckSpec("split_contract", asset=SPLIT_KEYS[r], blocking=True) for r in ROLES],
+                   ins={r: AssetIn(SPLIT_KEYS[r]) for r in ROLES})
+def role_split_checks(**splits: pd.DataFrame):
     import great_expectations.expectations as gxe
 
     from agreemate_lib.core.vocabulary import VOCABULARY
 
     for role in ROLES:
-        df = pd.read_parquet(split_path(study, role))
+        df = splits[role]
         t = df.assign(target_action=df["target"].map(lambda s: json.loads(s).get("action")),
                       has_keys=df["target"].map(lambda s: set(json.loads(s)) >= {"reasoning", "action", "utterance",
                                                                                  "price"}),
@@ -87,35 +90,21 @@ def role_split_checks(study: StudySettings):
                                    "examples_failing": MetadataValue.json({o.name: o.examples for o in failed})})
 
 
-class AdapterTrainingConfig(Config):
-    """Training settings (defaults: CPU-sized, about 5 minutes a role here). ``preset: full`` = paper scale (GPU)."""
-
-    preset: str = "default"
-    max_steps: int = 24
-    lr: float = 3e-4
-    quantization: str = "auto"
-    include_mlp: bool = False
-    model: str = "smollm2"
-
-
-@asset(group_name="training", partitions_def=role_partitions, deps=list(SPLIT_KEYS.values()), code_version="1",
+@asset(group_name="training", partitions_def=role_partitions, code_version="1", kinds={"pytorch", "safetensors"},
+       ins={r: AssetIn(SPLIT_KEYS[r]) for r in ROLES},
        check_specs=[AssetCheckSpec("loss_finite", asset="lora_adapters", blocking=True),
                     AssetCheckSpec("beats_base_model", asset="lora_adapters"),
                     AssetCheckSpec("replies_parse", asset="lora_adapters", blocking=True)],
        description="A LoRA adapter per role (buyer, seller, generalist) on the embedded model: safetensors, "
                    "training config, metrics and curves.")
-def lora_adapters(context: AssetExecutionContext, study: StudySettings, config: AdapterTrainingConfig):
-    from dataclasses import replace
-
-    from agreemate_lib.training.lora import LoraTrainConfig, train_lora
+def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_store: ResultsStore,
+                  config: AdapterTraining, **splits: pd.DataFrame):
+    from agreemate_lib.training.lora import train_lora
 
     role = context.partition_key
-    df = pd.read_parquet(split_path(study, role))
-    cfg = LoraTrainConfig.full() if config.preset == "full" else LoraTrainConfig()
-    if config.preset != "full":
-        cfg = replace(cfg, max_steps=config.max_steps, lr=config.lr, quantization=config.quantization,
-                      include_mlp=config.include_mlp, model=config.model, seed=study.seed)
-    out = adapter_dir(study, role)
+    df = splits[role]
+    cfg = config.resolved(seed=study.seed)
+    out = adapter_dir(results_store, role)
     m = train_lora(df[df["split"] == "train"], df[df["split"] == "validation"], out, cfg, log=context.log.info)
     yield MaterializeResult(metadata={
         **{k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in m.items()},
@@ -149,22 +138,22 @@ def replies_parse_check(study: StudySettings, adapter: Path, role: str) -> Asset
                                       "examples": MetadataValue.json([t.raw_output for t in mine[:3]])})
 
 
-@asset(group_name="reports", deps=[lora_adapters], code_version="1",
+@asset(group_name="reports", deps=[lora_adapters], code_version="1", kinds={"altair", "png"},
        description="Training curves of the adapters: raw and EMA loss, validation loss, learning rate per layer "
                    "group, gradient norm, throughput.")
-def figure_training_curves(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
+def figure_training_curves(results_store: ResultsStore) -> MaterializeResult:
     import base64
 
     from agreemate_lib.evaluation.figures import save_chart, training_curves
 
     frames = []
     for role in ROLES:
-        p = adapter_dir(study, role) / "curves.parquet"
+        p = adapter_dir(results_store, role) / "curves.parquet"
         if p.is_file():
             frames.append(pd.read_parquet(p).assign(role=role))
     if not frames:
         raise FileNotFoundError("no adapter has been trained yet: materialize lora_adapters first")
-    paths = save_chart(training_curves(pd.concat(frames, ignore_index=True)), study.results_path() / "figures",
+    paths = save_chart(training_curves(pd.concat(frames, ignore_index=True)), results_store.local_dir("figures"),
                        "training_curves")
     png = base64.b64encode(paths["png"].read_bytes()).decode()
     return MaterializeResult(metadata={"figure": MetadataValue.md(f"![training curves](data:image/png;base64,{png})"),

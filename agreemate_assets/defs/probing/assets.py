@@ -10,36 +10,35 @@ import pandas as pd
 from dagster import (
     AssetDep,
     AssetExecutionContext,
+    AssetIn,
     MaterializeResult,
     MetadataValue,
+    Output,
     StaticPartitionMapping,
-    StaticPartitionsDefinition,
     asset,
 )
 
 from agreemate_lib.core.io import atomic_write_parquet
 
-from ..metadata import md_table
-from ..resources import StudySettings
-from .training import adapter_dir
+from ...lib.metadata import md_table
+from ...lib.resources import ResultsStore, StudySettings
+from ..negotiation.assets import ALL_TRANSCRIPTS, all_turns
+from ..training.assets import adapter_dir
+from .partitions import VARIANTS, variant_partitions
 
-VARIANTS = ("base", "buyer", "seller", "generalist")
-variant_partitions = StaticPartitionsDefinition(list(VARIANTS))
 QUANTITIES = ("mass_verb", "mass_control", "ratio", "ld_mass_verb", "ld_mass_control", "ld_ratio")
 
 
-def probe_dir(study: StudySettings) -> Path:
-    return study.results_path() / "probing"
+def probe_dir(store: ResultsStore) -> Path:
+    return store.local_dir("probing")
 
 
-def sample_transcripts(study: StudySettings, n: int, seed: int):
+def sample_transcripts(turns: pd.DataFrame, study: StudySettings, n: int, seed: int):
     """A fixed, seeded set: half our own runs (when any are materialized), half human dialogues."""
-    from agreemate_lib.evaluation.comparisons import human_negotiations
-    from agreemate_lib.evaluation.report import load_study
+    from agreemate_lib.evaluation.human import human_negotiations
     from agreemate_lib.core.records import frame_to_negotiations
 
     rng = random.Random(seed)
-    _, turns = load_study(study.results_path())
     ours = frame_to_negotiations(turns) if len(turns) else []
     ours = [x for x in ours if len(x.turns) >= 3]
     humans = human_negotiations("validation", study.source())
@@ -49,12 +48,12 @@ def sample_transcripts(study: StudySettings, n: int, seed: int):
     return picked
 
 
-def load_probe_model(variant: str, study: StudySettings):
+def load_probe_model(variant: str, store: ResultsStore):
     from agreemate_lib.backends.models import load_model
 
     adapter = None
     if variant != "base":
-        adir = adapter_dir(study, variant)
+        adir = adapter_dir(store, variant)
         if not (adir / "adapter_config.json").is_file():
             raise FileNotFoundError(f"no {variant} adapter at {adir}: materialize lora_adapters[{variant}] first")
         adapter = str(adir)
@@ -63,21 +62,23 @@ def load_probe_model(variant: str, study: StudySettings):
                       merge_adapter=True)
 
 
-@asset(group_name="probing", partitions_def=variant_partitions, code_version="1",
+@asset(group_name="probing", partitions_def=variant_partitions, code_version="1", kinds={"pytorch", "parquet"},
+       ins={"transcripts": ALL_TRANSCRIPTS},
        deps=[AssetDep("lora_adapters", partition_mapping=StaticPartitionMapping(
            {"buyer": "buyer", "seller": "seller", "generalist": "generalist"}))],
        description="Per layer and head: attention mass from price tokens to negotiation verbs vs control verbs "
                    "(and across turns), with bootstrap CIs over a seeded set of transcripts; heads ranked.")
-def probing_outputs(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
+def probing_outputs(context: AssetExecutionContext, study: StudySettings, results_store: ResultsStore,
+                    transcripts: dict[str, pd.DataFrame]) -> Output[pd.DataFrame]:
     from agreemate_lib.probing.heads import probe, summarize_probe, transcript_texts
 
     variant = context.partition_key
     t0 = time.perf_counter()
-    negs = sample_transcripts(study, 24, study.seed)
-    tok, model = load_probe_model(variant, study)
+    negs = sample_transcripts(all_turns(transcripts), study, study.probe_transcripts, study.seed)
+    tok, model = load_probe_model(variant, results_store)
     texts = transcript_texts(negs, tok)
     results, kept = probe(model, tok, texts)
-    summary = summarize_probe(results, n_boot=1000, seed=study.seed)
+    summary = summarize_probe(results, n_boot=study.bootstrap_resamples(), seed=study.seed)
     L, H = summary["ratio"][0].shape
     rows = []
     for q in QUANTITIES:
@@ -86,8 +87,8 @@ def probing_outputs(context: AssetExecutionContext, study: StudySettings) -> Mat
             for head in range(H):
                 rows.append({"variant": variant, "quantity": q, "layer": layer, "head": head,
                              "mean": mean[layer, head], "ci_low": low[layer, head], "ci_high": high[layer, head]})
-    out = probe_dir(study)
-    path = atomic_write_parquet(pd.DataFrame(rows), out / f"heads_{variant}.parquet")
+    heads = pd.DataFrame(rows)
+    out = probe_dir(results_store)
     per = pd.DataFrame([{"variant": variant, "transcript": kept[i]["index"], "negotiation_id":
                          negs[kept[i]["index"]].negotiation_id, "layer": layer, "head": head,
                          "pk_verb": r.pk_verb[layer, head], "pk_control": r.pk_control[layer, head]}
@@ -99,23 +100,25 @@ def probing_outputs(context: AssetExecutionContext, study: StudySettings) -> Mat
     rank_of = {lh: k + 1 for k, lh in enumerate(summary["ranking"])}
     paper = {"layer1_head3 (0-based)": rank_of.get((1, 3)), "layer1_head3 (1-based: 0,2)": rank_of.get((0, 2)),
              "layer2_head14": "does not exist here (9 heads per layer)"}
-    return MaterializeResult(metadata={
+    return Output(heads, metadata={
         "transcripts": len(results), "heads": L * H, "top5": MetadataValue.md(md_table(top)),
-        "paper_heads_rank_of_270": MetadataValue.json(paper), "wall_s": round(time.perf_counter() - t0, 1),
-        "path": MetadataValue.path(str(path))})
+        "paper_heads_rank_of_270": MetadataValue.json(paper), "wall_s": round(time.perf_counter() - t0, 1)})
 
 
-@asset(group_name="probing", deps=[probing_outputs], code_version="1",
+@asset(group_name="probing", code_version="1", kinds={"altair", "parquet"},
+       ins={"probing_outputs": AssetIn("probing_outputs", metadata={"allow_missing_partitions": True}),
+            "transcripts": ALL_TRANSCRIPTS},
        description="Per-head differences adapter - base with paired bootstrap CIs; heatmaps of the verb/control "
                    "ratio per variant and of the differences; a token-level view of the top heads.")
-def probing_comparison(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
+def probing_comparison(study: StudySettings, results_store: ResultsStore, probing_outputs: dict[str, pd.DataFrame],
+                       transcripts: dict[str, pd.DataFrame]) -> MaterializeResult:
     from agreemate_lib.evaluation.figures import head_heatmap, save_chart
 
-    out = probe_dir(study)
-    have = [v for v in VARIANTS if (out / f"per_transcript_{v}.parquet").is_file()]
+    out = probe_dir(results_store)
+    have = [v for v in VARIANTS if v in probing_outputs and (out / f"per_transcript_{v}.parquet").is_file()]
     if "base" not in have:
         raise FileNotFoundError("materialize probing_outputs[base] first")
-    heads = pd.concat([pd.read_parquet(out / f"heads_{v}.parquet") for v in have], ignore_index=True)
+    heads = pd.concat([probing_outputs[v] for v in have], ignore_index=True)
     ratio = heads[heads["quantity"] == "ratio"]
     base = pd.read_parquet(out / "per_transcript_base.parquet")
     rng = np.random.default_rng(study.seed)
@@ -126,7 +129,7 @@ def probing_comparison(context: AssetExecutionContext, study: StudySettings) -> 
         other = pd.read_parquet(out / f"per_transcript_{v}.parquet")
         m = base.merge(other, on=["negotiation_id", "layer", "head"], suffixes=("_base", "_adapter"))
         n = m["negotiation_id"].nunique()
-        idx = rng.integers(0, n, size=(1000, n))  # paired: the same transcripts for base and adapter
+        idx = rng.integers(0, n, size=(study.bootstrap_resamples(), n))  # paired: the same transcripts for base and adapter
         for (layer, head), g in m.groupby(["layer", "head"]):
             g = g.sort_values("negotiation_id")
             a = g[["pk_verb_adapter", "pk_control_adapter", "pk_verb_base", "pk_control_base"]].to_numpy()
@@ -140,7 +143,7 @@ def probing_comparison(context: AssetExecutionContext, study: StudySettings) -> 
                           "ci_low": np.quantile(boots, 0.025), "ci_high": np.quantile(boots, 0.975), "n": n})
     diff_df = pd.DataFrame(diffs)
     atomic_write_parquet(diff_df, out / "differences.parquet")
-    figs = study.results_path() / "figures"
+    figs = results_store.local_dir("figures")
     paths = save_chart(head_heatmap(ratio, "mean", "verb/control attention ratio per head"), figs,
                        "probing_ratio_heatmap")
     meta = {"variants": MetadataValue.json(have),
@@ -153,12 +156,12 @@ def probing_comparison(context: AssetExecutionContext, study: StudySettings) -> 
                                                      + base64.b64encode(dp["png"].read_bytes()).decode() + ")")
         sig = diff_df[(diff_df["ci_low"] > 0) | (diff_df["ci_high"] < 0)]
         meta["heads_with_ci_excluding_0"] = len(sig)
-    tok_paths = _token_view(study, ratio)
+    tok_paths = _token_view(study, results_store, ratio, all_turns(transcripts))
     meta["token_view"] = MetadataValue.path(str(tok_paths["png"]))
     return MaterializeResult(metadata=meta)
 
 
-def _token_view(study: StudySettings, ratio: pd.DataFrame):
+def _token_view(study: StudySettings, store: ResultsStore, ratio: pd.DataFrame, turns: pd.DataFrame):
     """Attention from the last price token to each earlier token, for the base model's top 3 heads."""
     import torch
 
@@ -167,8 +170,8 @@ def _token_view(study: StudySettings, ratio: pd.DataFrame):
 
     base = ratio[ratio["variant"] == "base"].sort_values(["mean", "layer", "head"], ascending=[False, True, True])
     top = list(base[["layer", "head"]].head(3).itertuples(index=False, name=None))
-    negs = sample_transcripts(study, 24, study.seed)
-    tok, model = load_probe_model("base", study)
+    negs = sample_transcripts(turns, study, study.probe_transcripts, study.seed)
+    tok, model = load_probe_model("base", store)
     text = next(t for t in transcript_texts(negs, tok) if "$" in t)
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=False, truncation=True, max_length=1024)
     tags = tag_tokens(text, [tuple(o) for o in enc["offset_mapping"]])
@@ -183,4 +186,4 @@ def _token_view(study: StudySettings, ratio: pd.DataFrame):
             rows.append({"position": lo + i, "token": tok.decode([enc["input_ids"][lo + i]]).replace("\n", "\\n"),
                          "tag": ("other", "price", "verb", "control")[tags[lo + i]],
                          "head": f"L{layer}H{head}", "weight": float(weight)})
-    return save_chart(token_attention(pd.DataFrame(rows)), study.results_path() / "figures", "probing_token_view")
+    return save_chart(token_attention(pd.DataFrame(rows)), store.local_dir("figures"), "probing_token_view")

@@ -77,3 +77,17 @@ def summarize(outcomes: list[ExpectationOutcome]) -> dict[str, Any]:
         "failed": [f"{o.name}: {o.unexpected_count} rows" for o in failed],
         "examples": {o.name: o.examples for o in failed if o.examples},
     }
+
+
+def check_result(check: str, asset: str, outcomes: list[ExpectationOutcome], severity=None, **extra):
+    """A Dagster check result from GX outcomes: passed when every expectation passed; failed expectations with their
+    row counts and example rows in the metadata."""
+    from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
+
+    failed = [o for o in outcomes if not o.success]
+    return AssetCheckResult(
+        check_name=check, asset_key=asset, passed=not failed, severity=severity or AssetCheckSeverity.ERROR,
+        metadata={"expectations": len(outcomes),
+                  "failed": MetadataValue.json([f"{o.name}: {o.unexpected_count} rows" for o in failed]),
+                  "examples": MetadataValue.json({o.name: o.examples for o in failed if o.examples}), **extra},
+    )

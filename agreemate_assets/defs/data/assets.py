@@ -1,26 +1,17 @@
 """Data assets: the Craigslist Bargains source and the seeded scenario sample."""
 
-
 import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
-from dagster import (
-    AssetExecutionContext,
-    DataVersion,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-    observable_source_asset,
-)
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset, observable_source_asset
 
 from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.core.scenarios import sample_scenarios
-from agreemate_lib.core.io import atomic_write_parquet
 
-from ..metadata import md_table
-from ..resources import StudySettings
+from ...lib.metadata import md_table
+from ...lib.resources import StudySettings
 
 
 @observable_source_asset(group_name="data", description="Craigslist Bargains (He et al. 2018), HF JSON lines.")
@@ -36,33 +27,24 @@ def craigslist_raw() -> DataVersion:
     return DataVersion(h.hexdigest()[:16])
 
 
-def scenarios_path(study: StudySettings) -> Path:
-    return study.results_path() / "scenarios.parquet"
-
-
-@asset(group_name="data", deps=[craigslist_raw], code_version="1",
+@asset(group_name="data", deps=[craigslist_raw], code_version="1", kinds={"pandas", "parquet"},
        description="The seeded scenario sample every model pair negotiates over, with the study's run settings.")
-def scenarios(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
+def scenarios(context: AssetExecutionContext, study: StudySettings) -> Output[pd.DataFrame]:
     sset = sample_scenarios(study.split, study.n_scenarios, study.seed, source=study.source())
     df = pd.DataFrame([s.to_dict() for s in sset.scenarios])
     run_settings = {"max_turns": study.max_turns, "replicates": study.replicates, "buyer_opens": study.buyer_opens,
                     "seed": study.seed}
     df["run_settings"] = json.dumps(run_settings, sort_keys=True)
-    path = atomic_write_parquet(df, scenarios_path(study))
     version = hashlib.sha256((df["scenario_id"].str.cat(sep=",") + df["run_settings"].iloc[0]).encode()).hexdigest()
     for d in sset.dropped[:20]:
         context.log.warning(f"dropped {d}")
-    return MaterializeResult(
-        metadata={
-            "count": len(df),
-            "categories": MetadataValue.json(df["category"].value_counts().to_dict()),
-            "price_range": f"${df['listing_price'].min():,.2f} .. ${df['listing_price'].max():,.2f}",
-            "dropped_rows": len(sset.dropped),
-            "dropped_examples": MetadataValue.json([str(d) for d in sset.dropped[:5]]),
-            "source": sset.source,
-            "path": MetadataValue.path(str(path)),
-            "preview": MetadataValue.md(md_table(df[["scenario_id", "title", "category", "listing_price", "buyer_target",
-                                                     "seller_target"]].head(10))),
-        },
-        data_version=DataVersion(version[:16]),
-    )
+    return Output(df, data_version=DataVersion(version[:16]), metadata={
+        "count": len(df),
+        "categories": MetadataValue.json(df["category"].value_counts().to_dict()),
+        "price_range": f"${df['listing_price'].min():,.2f} .. ${df['listing_price'].max():,.2f}",
+        "dropped_rows": len(sset.dropped),
+        "dropped_examples": MetadataValue.json([str(d) for d in sset.dropped[:5]]),
+        "source": sset.source,
+        "preview": MetadataValue.md(md_table(df[["scenario_id", "title", "category", "listing_price", "buyer_target",
+                                                 "seller_target"]].head(10))),
+    })

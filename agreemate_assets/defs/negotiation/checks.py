@@ -7,7 +7,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
 from agreemate_lib.core.vocabulary import VOCABULARY
 
-from .gx_validation import ExpectationOutcome, validate
+from ...lib.gx import ExpectationOutcome, validate
 
 TRANSCRIPT_CHECK_NAME = "transcripts_valid"
 EXAMPLE_COLUMNS = ["negotiation_id", "turn_index", "speaker", "action", "price", "listing_price", "outcome",

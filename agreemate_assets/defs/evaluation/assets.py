@@ -4,75 +4,67 @@
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, AutomationCondition, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AutomationCondition,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
 
 from agreemate_lib.evaluation.tables import negotiation_table, summarize
 from agreemate_lib.evaluation.metrics import METRIC_NAMES
-from agreemate_lib.core.io import atomic_write_parquet
+from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.core.records import frame_to_negotiations
 
-from ..metadata import md_table
-from ..partitions import pair_partitions
-from ..resources import StudySettings
-from .negotiation import negotiation_transcripts, transcripts_path
+from ...lib.metadata import md_table
+from ...lib.resources import ResultsStore, StudySettings
+from ..negotiation.partitions import pair_partitions
 
 
-def pair_metrics_path(study: StudySettings, buyer: str, seller: str) -> Path:
-    return study.results_path() / "negotiation_metrics" / f"buyer={buyer}" / f"seller={seller}.parquet"
-
-
-@asset(group_name="evaluation", partitions_def=pair_partitions, deps=[negotiation_transcripts], code_version="1",
+@asset(group_name="evaluation", partitions_def=pair_partitions, code_version="1", kinds={"pandas", "parquet"},
        automation_condition=AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed(),
        description="Every metric of every negotiation of one model pair (corrected formulas; see docs/metrics.md).")
-def negotiation_metrics(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
-    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
-    b, s = keys["buyer"], keys["seller"]
-    src = transcripts_path(study, b, s)
-    if not src.is_file():
-        raise FileNotFoundError(f"transcripts for {b}|{s} missing at {src}: materialize negotiation_transcripts first")
-    table = negotiation_table(frame_to_negotiations(pd.read_parquet(src)))
-    path = atomic_write_parquet(table, pair_metrics_path(study, b, s))
-    summary = summarize(table, "pair", n_boot=1000).iloc[0].to_dict() if len(table) else {}
-    return MaterializeResult(metadata={
+def negotiation_metrics(context: AssetExecutionContext, study: StudySettings,
+                        negotiation_transcripts: pd.DataFrame) -> Output[pd.DataFrame]:
+    table = negotiation_table(frame_to_negotiations(negotiation_transcripts))
+    summary = summarize(table, "pair", n_boot=study.bootstrap_resamples()).iloc[0].to_dict() if len(table) else {}
+    return Output(table, metadata={
         "negotiations": len(table),
         **{m: float(summary.get(m, float("nan"))) for m in METRIC_NAMES},
         "parse_failure_rate": float(summary.get("parse_failure_rate", 0.0)),
-        "path": MetadataValue.path(str(path)),
     })
 
 
-@asset(group_name="evaluation", deps=[negotiation_metrics], code_version="1",
-       description="All metrics with bootstrap 95% CIs, one row per materialized model pair.")
-def metrics(context: AssetExecutionContext, study: StudySettings) -> MaterializeResult:
-    keys = context.instance.get_materialized_partitions(AssetKey("negotiation_metrics"))
-    frames = []
-    for key in sorted(keys):
-        b, s = key.split("|")[0], key.split("|")[1]
-        p = pair_metrics_path(study, b, s)
-        if p.is_file():
-            frames.append(pd.read_parquet(p))
-        else:
-            context.log.warning(f"negotiation_metrics {key} is recorded as materialized but {p} is missing")
+@asset(group_name="evaluation", code_version="1", kinds={"pandas", "parquet"},
+       ins={"negotiation_metrics": AssetIn("negotiation_metrics", metadata={"allow_missing_partitions": True})},
+       description="Every negotiation of every materialized model pair, one row each with every metric.")
+def metrics_by_negotiation(negotiation_metrics: dict[str, pd.DataFrame]) -> Output[pd.DataFrame]:
+    frames = [negotiation_metrics[k] for k in sorted(negotiation_metrics)]
     per_neg = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    table = summarize(per_neg, "pair") if len(per_neg) else pd.DataFrame(columns=["pair", "n", *METRIC_NAMES])
-    out = study.results_path()
-    atomic_write_parquet(per_neg, out / "metrics_by_negotiation.parquet")
-    path = atomic_write_parquet(table, out / "metrics.parquet")
+    return Output(per_neg, metadata={"pairs": len(frames), "negotiations": len(per_neg)})
+
+
+@asset(group_name="evaluation", code_version="1", kinds={"pandas", "parquet"},
+       description="All metrics with bootstrap 95% CIs, one row per materialized model pair.")
+def metrics(study: StudySettings, metrics_by_negotiation: pd.DataFrame) -> Output[pd.DataFrame]:
+    per_neg = metrics_by_negotiation
+    table = summarize(per_neg, "pair", n_boot=study.bootstrap_resamples()) if len(per_neg) else \
+        pd.DataFrame(columns=["pair", "n", *METRIC_NAMES])
     cols = ["pair", "n", *METRIC_NAMES]
-    return MaterializeResult(metadata={
+    return Output(table, metadata={
         "pairs": len(table),
         "negotiations": len(per_neg),
-        "path": MetadataValue.path(str(path)),
         "table": MetadataValue.md(md_table(table[cols]) if len(table) else "no pair materialized yet"),
     })
 
 
 # --- the paper's published runs, the human baseline, Table 3 ------------------------------------------------------
-
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec  # noqa: E402
-
-from agreemate_lib.core import settings as lib_settings  # noqa: E402
-
 
 def published_dir() -> Path | None:
     d = lib_settings.data_dir()
@@ -80,22 +72,20 @@ def published_dir() -> Path | None:
     return p if p and p.is_dir() else None
 
 
-@asset(group_name="evaluation", code_version="1",
-       check_specs=[AssetCheckSpec("published_runs_findings", asset="published_runs",
-                                   description="The transcript contract applied to the paper's runs (warn)")],
-       description="The 90 published AgreeMate CSVs (Llama 3B/8B/70B) as their own pairs (agent ids prefixed "
-                   "published-): per-negotiation metrics in both formula modes, and what the checks find.")
-def published_runs(context: AssetExecutionContext, study: StudySettings):
-    from agreemate_lib.evaluation.tables import published_table
-    from agreemate_lib.evaluation.paper import published_negotiations
-    from agreemate_lib.core.records import negotiations_to_frame
-
-    from ..transcript_checks import transcript_outcomes
-
+def _published_files() -> list[Path]:
     d = published_dir()
     if d is None:
         raise FileNotFoundError("no agreemate_published_runs folder in the data setting (AGREEMATE_DATA_DIR)")
-    files = sorted(f for f in d.glob("*.csv") if not f.stem.endswith("_updated"))
+    return sorted(f for f in d.glob("*.csv") if not f.stem.endswith("_updated"))
+
+
+@asset(group_name="evaluation", code_version="1", kinds={"csv", "parquet"},
+       description="The 90 published AgreeMate CSVs (Llama 3B/8B/70B) as their own pairs (agent ids prefixed "
+                   "published-): per-negotiation metrics in both formula modes.")
+def published_runs() -> Output[pd.DataFrame]:
+    from agreemate_lib.evaluation.tables import published_table
+
+    files = _published_files()
     tables = []
     for mode in ("corrected", "paper"):
         for f in files:
@@ -103,66 +93,82 @@ def published_runs(context: AssetExecutionContext, study: StudySettings):
             t["file"] = f.name
             tables.append(t)
     table = pd.concat(tables, ignore_index=True)
-    out = study.results_path()
-    path = atomic_write_parquet(table, out / "published_runs_metrics.parquet")
-    negs = [n for f in files for n in published_negotiations(f)]
+    return Output(table, metadata={"files": len(files), "negotiations": int(len(table) // 2),
+                                   "pairs": int(table["pair"].nunique())})
+
+
+@asset(group_name="evaluation", code_version="1", kinds={"csv", "parquet"},
+       check_specs=[AssetCheckSpec("published_runs_findings", asset="published_run_transcripts",
+                                   description="The transcript contract applied to the paper's runs (warn)")],
+       description="The published runs' negotiations as turn tables in our transcript layout, with what the "
+                   "transcript checks find in them.")
+def published_run_transcripts():
+    from agreemate_lib.core.records import negotiations_to_frame
+    from agreemate_lib.evaluation.paper import published_negotiations
+
+    from ..negotiation.checks import transcript_outcomes
+
+    negs = [n for f in _published_files() for n in published_negotiations(f)]
     turns = negotiations_to_frame(negs)
-    atomic_write_parquet(turns, out / "published_runs_turns.parquet")
-    yield MaterializeResult(metadata={"files": len(files), "negotiations": len(negs),
-                                      "pairs": int(table["pair"].nunique()), "path": MetadataValue.path(str(path))})
+    yield Output(turns, metadata={"negotiations": len(negs), "turns": len(turns)})
     errors, warnings = transcript_outcomes(turns, max_turns=15, warn_rate=1.0)
-    corrected = table[table["formula"] == "corrected"]
-    bias_out = corrected[(corrected["bias"].abs() > 1)]
-    no_price = sum(1 for f in files for n in published_negotiations(f) if n.outcome == "accepted"
-                   and n.accepted_price is None)
+    no_price = sum(1 for n in negs if n.outcome == "accepted" and n.accepted_price is None)
     yield AssetCheckResult(
-        check_name="published_runs_findings", asset_key="published_runs", passed=not (errors or warnings),
+        check_name="published_runs_findings", asset_key="published_run_transcripts", passed=not (errors or warnings),
         severity=AssetCheckSeverity.WARN,
         metadata={"accepted_without_price": no_price,
                   "actions_outside_vocabulary": int((~turns["action_known"]).sum()),
                   "example_unknown_actions": MetadataValue.json(
                       turns.loc[~turns["action_known"], "raw_output"].value_counts().head(10).to_dict()),
-                  "deals_with_bias_outside_[-1,1]": len(bias_out),
                   "failed_expectations": MetadataValue.json([f"{o.name}: {o.unexpected_count}" for o in
                                                              errors + warnings])})
 
 
-@asset(group_name="evaluation", deps=["craigslist_raw"], code_version="1",
+@asset_check(asset=published_runs, description="Deals whose corrected bias falls outside [-1, 1] (a deal outside "
+             "the targets): counted, as the paper's runs have them (warn)")
+def published_deals_outside_targets(published_runs: pd.DataFrame) -> AssetCheckResult:
+    corrected = published_runs[published_runs["formula"] == "corrected"]
+    out = corrected[corrected["bias"].abs() > 1]
+    return AssetCheckResult(passed=out.empty, severity=AssetCheckSeverity.WARN,
+                            metadata={"deals_with_bias_outside_[-1,1]": len(out),
+                                      "examples": MetadataValue.json(out[["pair", "negotiation_id", "bias"]].head(5)
+                                                                     .to_dict("records"))})
+
+
+@asset(group_name="evaluation", deps=["craigslist_raw"], code_version="1", kinds={"pandas", "parquet"},
        description="Human-human Craigslist Bargains dialogues (validation split, annotated intents and prices) "
                    "scored with the same metrics, as the pair human+human.")
-def human_baseline(study: StudySettings) -> MaterializeResult:
-    from agreemate_lib.evaluation.comparisons import human_baseline_table
+def human_baseline(study: StudySettings) -> Output[pd.DataFrame]:
+    from agreemate_lib.evaluation.human import human_baseline_table
 
     table = human_baseline_table("validation", study.source())
-    path = atomic_write_parquet(table, study.results_path() / "human_baseline.parquet")
-    return MaterializeResult(metadata={
+    return Output(table, metadata={
         "negotiations": len(table), "agreement_rate": float(table["agreement_rate"].mean()),
-        "dialogue_length": float(table["dialogue_length"].mean()), "path": MetadataValue.path(str(path)),
+        "dialogue_length": float(table["dialogue_length"].mean()),
         "note": "He et al. 2018 report 0.91 agreement and 10.2 turns on the full data; see docs/report_notes.md",
     })
 
 
-@asset(group_name="evaluation", deps=[published_runs], code_version="1",
+@asset(group_name="evaluation", deps=[published_runs], code_version="1", kinds={"pandas", "parquet"},
        description="The paper's Table 3 (CoT vs no-CoT) reproduced with the paper's formulas and list, and over "
                    "all 36 size x CoT pairs with corrected formulas and CIs.")
-def table3(study: StudySettings) -> MaterializeResult:
+def table3(study: StudySettings) -> Output[pd.DataFrame]:
     from agreemate_lib.evaluation.comparisons import PAPER_TABLE3, TABLE3_METRICS, paper_table3_files, size_cot_files
     from agreemate_lib.evaluation.comparisons import table3 as make_table3
 
     d = published_dir()
     if d is None:
         raise FileNotFoundError("no agreemate_published_runs folder in the data setting")
-    repro = make_table3(d, paper_table3_files(), "paper").assign(version="paper formulas, paper's 35 pairs")
-    corrected = make_table3(d, size_cot_files(), "corrected").assign(version="corrected formulas, 36 pairs")
+    n_boot = study.bootstrap_resamples()
+    repro = make_table3(d, paper_table3_files(), "paper", n_boot).assign(version="paper formulas, paper's 35 pairs")
+    corrected = make_table3(d, size_cot_files(), "corrected", n_boot).assign(version="corrected formulas, 36 pairs")
     both = pd.concat([repro, corrected], ignore_index=True)
-    path = atomic_write_parquet(both, study.results_path() / "table3.parquet")
     worst = max(abs(float(repro.loc[repro["cot"] == c, m].iloc[0]) - v)
                 for c, vals in PAPER_TABLE3.items() for m, v in vals.items())
-    return MaterializeResult(metadata={
+    return Output(both, metadata={
         "max_abs_diff_vs_paper": worst,
         "reproduction": MetadataValue.md(md_table(repro[["cot", "n", *TABLE3_METRICS]])),
         "corrected": MetadataValue.md(md_table(corrected[["cot", "n", *TABLE3_METRICS]])),
-        "path": MetadataValue.path(str(path)),
     })
 
 
@@ -188,36 +194,36 @@ def _labels(pair_ids: pd.DataFrame, roster: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@asset(group_name="evaluation", deps=[metrics, published_runs], code_version="1",
+@asset(group_name="evaluation", code_version="1", kinds={"pandas", "parquet"},
        description="The paper's group tables (personality pairs, CoT vs no-CoT, sizes) over our pairs and the "
                    "published pairs: means over pairs and pooled over negotiations, with CIs; and paired "
-                   "comparisons of pairs that share an opponent, on the same scenarios.")
-def group_tables(study: StudySettings) -> MaterializeResult:
+                   "comparisons of pairs that share an opponent, on the same scenarios (paired_comparisons.parquet "
+                   "beside it).")
+def group_tables(study: StudySettings, results_store: ResultsStore, metrics_by_negotiation: pd.DataFrame,
+                 published_runs: pd.DataFrame) -> Output[pd.DataFrame]:
+    from agreemate_lib.core.io import atomic_write_parquet
     from agreemate_lib.evaluation.comparisons import group_tables as make_groups
     from agreemate_lib.evaluation.comparisons import paired_comparison
     from agreemate_lib.negotiation.roster import load_roster
 
-    out = study.results_path()
     frames = []
-    if (out / "metrics_by_negotiation.parquet").is_file():
-        frames.append(pd.read_parquet(out / "metrics_by_negotiation.parquet").assign(source="ours"))
-    if (out / "published_runs_metrics.parquet").is_file():
-        pub = pd.read_parquet(out / "published_runs_metrics.parquet")
-        frames.append(pub[pub["formula"] == "corrected"].assign(source="published"))
+    if len(metrics_by_negotiation):
+        frames.append(metrics_by_negotiation.assign(source="ours"))
+    if len(published_runs):
+        frames.append(published_runs[published_runs["formula"] == "corrected"].assign(source="published"))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if table.empty:
-        return MaterializeResult(metadata={"note": "nothing to group yet"})
+        return Output(pd.DataFrame(), metadata={"note": "nothing to group yet"})
     labels = _labels(table, load_roster(study.roster_file(), include_disabled=True))
     table = table.merge(labels, on=["buyer_id", "seller_id"], how="left")
     results = []
     for grouping in ("pair_personality", "pair_cot", "pair_size"):
         for source, sub in table.groupby("source"):
             groups = dict(zip(sub["pair"], sub[grouping]))
-            g = make_groups(sub, groups, n_boot=1000)
+            g = make_groups(sub, groups, n_boot=study.bootstrap_resamples())
             if len(g):
                 results.append(g.assign(grouping=grouping, source=source))
     groups_df = pd.concat(results, ignore_index=True)
-    atomic_write_parquet(groups_df, out / "group_tables.parquet")
     comps = []
     ours = table[table["source"] == "ours"]
     pairs = ours[["pair", "buyer_id", "seller_id"]].drop_duplicates().to_dict("records")
@@ -227,9 +233,9 @@ def group_tables(study: StudySettings) -> MaterializeResult:
                 for m in ("agreement_rate", "fairness"):
                     comps.append(paired_comparison(ours, a["pair"], b["pair"], m))
     comp_df = pd.DataFrame(comps)
-    atomic_write_parquet(comp_df, out / "paired_comparisons.parquet")
+    atomic_write_parquet(comp_df, results_store.local_dir() / "paired_comparisons.parquet")
     show = groups_df[groups_df["grouping"] == "pair_personality"]
-    return MaterializeResult(metadata={
+    return Output(groups_df, metadata={
         "groupings": MetadataValue.json(sorted(groups_df["grouping"].unique().tolist())),
         "personality_pairs": MetadataValue.md(md_table(show[["source", "by", "group", "n", "agreement_rate",
                                                              "fairness"]])),

@@ -1,0 +1,169 @@
+"""Negotiation assets: the roster, one config asset per agent, transcripts per model pair."""
+
+import time
+
+import pandas as pd
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AutomationCondition,
+    DataVersion,
+    MetadataValue,
+    MultiToSingleDimensionPartitionMapping,
+    Output,
+    asset,
+)
+
+from agreemate_lib.backends.registry import make_backend
+from agreemate_lib.core.records import negotiations_to_frame
+from agreemate_lib.core.scenarios import Scenario
+from agreemate_lib.negotiation.agents import Agent, AgentSpec
+from agreemate_lib.negotiation.roster import load_roster
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+
+from ...lib.metadata import md_table, transcript_markdown
+from ...lib.resources import InferenceServer, StudySettings
+from .checks import TRANSCRIPT_CHECK_NAME, validate_transcripts
+from .partitions import buyer_agents_partitions, pair_partitions, register_agents, seller_agents_partitions
+
+
+@asset(group_name="negotiation", code_version="1", kinds={"yaml", "parquet"},
+       description="The agents declared in the roster file, with the content hash of each one's full config. "
+                   "Materializing it registers every agent as a partition.")
+def agent_roster(context: AssetExecutionContext, study: StudySettings) -> Output[pd.DataFrame]:
+    roster = load_roster(study.roster_file())
+    rows = [{"id": a.id, "backend": a.backend, "model": a.model, "adapter": a.adapter, "personality": a.personality,
+             "cot": a.cot, "temperature": a.temperature, "config_hash": a.config_hash()} for a in roster.values()]
+    df = pd.DataFrame(rows)
+    new = register_agents(context.instance, list(roster))
+    return Output(df, metadata={"agents": len(df), "new_partitions": MetadataValue.json(new),
+                                "roster_file": str(study.roster_file()), "table": MetadataValue.md(md_table(df))})
+
+
+def _agent_config(context: AssetExecutionContext, study: StudySettings) -> Output[dict]:
+    agent_id = context.partition_key
+    roster = load_roster(study.roster_file(), include_disabled=True)
+    if agent_id not in roster:
+        raise ValueError(f"agent {agent_id!r} is a partition but not in the roster {study.roster_file()}; "
+                         "add it back or delete the partition")
+    spec = roster[agent_id]
+    digest = spec.config_hash()
+    return Output(spec.model_dump() | {"config_hash": digest}, data_version=DataVersion(digest),
+                  metadata={"config_hash": digest, "backend": spec.backend, "model": spec.model,
+                            "config": MetadataValue.json(spec.model_dump())})
+
+
+@asset(group_name="negotiation", partitions_def=buyer_agents_partitions, deps=[agent_roster], code_version="1",
+       io_manager_key="json_io_manager", kinds={"json"},
+       description="One agent's config as a buyer. Its data version is the config's content hash, so only the "
+                   "transcripts of pairs with this buyer become stale when it changes.")
+def buyer_agent_config(context: AssetExecutionContext, study: StudySettings) -> Output[dict]:
+    return _agent_config(context, study)
+
+
+@asset(group_name="negotiation", partitions_def=seller_agents_partitions, deps=[agent_roster], code_version="1",
+       io_manager_key="json_io_manager", kinds={"json"},
+       description="One agent's config as a seller (see buyer_agent_config).")
+def seller_agent_config(context: AssetExecutionContext, study: StudySettings) -> Output[dict]:
+    return _agent_config(context, study)
+
+
+def agent_spec(config: dict) -> AgentSpec:
+    return AgentSpec(**{k: v for k, v in config.items() if k != "config_hash"})
+
+
+def scenario_records(frame: pd.DataFrame) -> tuple[list[Scenario], dict]:
+    """The scenarios asset's table as typed scenarios, and the run settings it carries."""
+    import json
+
+    run_settings = json.loads(frame["run_settings"].iloc[0])
+    fields = Scenario.__dataclass_fields__
+    return [Scenario(**{k: r[k] for k in fields}) for r in frame.to_dict("records")], run_settings
+
+
+#: Every transcript partition stored so far, as one input of a downstream asset (pairs not negotiated are skipped).
+ALL_TRANSCRIPTS = AssetIn("negotiation_transcripts", metadata={"allow_missing_partitions": True})
+
+
+def all_turns(transcripts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    frames = [transcripts[k] for k in sorted(transcripts)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+TRANSCRIPTS_AUTOMATION = AutomationCondition.eager()
+# A pair's buyer config maps to the pair's "buyer" dimension, its seller config to the "seller" dimension.
+BY_BUYER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="buyer")
+BY_SELLER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="seller")
+
+
+@asset(
+    group_name="negotiation",
+    partitions_def=pair_partitions,
+    ins={
+        "scenarios": AssetIn("scenarios"),
+        "buyer_config": AssetIn("buyer_agent_config", partition_mapping=BY_BUYER),
+        "seller_config": AssetIn("seller_agent_config", partition_mapping=BY_SELLER),
+    },
+    check_specs=[AssetCheckSpec(TRANSCRIPT_CHECK_NAME, asset="negotiation_transcripts", blocking=True,
+                                description="GX: actions in the vocabulary, prices sane, deals priced, turn limit, "
+                                            "parse failures below the threshold")],
+    automation_condition=TRANSCRIPTS_AUTOMATION,
+    code_version="1",
+    kinds={"pytorch", "parquet"},
+    description="Every scenario negotiated by one buyer agent and one seller agent: one parquet row per turn.",
+)
+def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings, inference_server: InferenceServer,
+                            scenarios: pd.DataFrame, buyer_config: dict, seller_config: dict):
+    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
+    buyer_id, seller_id = keys["buyer"], keys["seller"]
+    buyer_spec, seller_spec = agent_spec(buyer_config), agent_spec(seller_config)
+    scen, run_settings = scenario_records(scenarios)
+    cfg = RunConfig(max_turns=run_settings["max_turns"], buyer_opens=run_settings["buyer_opens"],
+                    seed=run_settings["seed"], replicates=run_settings["replicates"])
+
+    def backend_for(spec: AgentSpec):
+        backend = make_backend(spec, api_key=inference_server.api_key or None)
+        if study.response_cache:
+            from agreemate_lib.backends.cache import CachedBackend, ResponseCache
+
+            backend = CachedBackend(backend, ResponseCache(study.results_path() / "response_cache.sqlite"))
+        return backend
+
+    from agreemate_lib.negotiation.estimates import estimate_workload
+
+    estimate = estimate_workload(scen, buyer_spec, seller_spec, cfg)
+    context.log.info(f"estimate (upper bounds) for {buyer_id}|{seller_id}: {estimate}")
+    t0 = time.perf_counter()
+    buyer_backend = backend_for(buyer_spec)
+    seller_backend = buyer_backend if buyer_spec.shares_weights_with(seller_spec) else backend_for(seller_spec)
+    buyer, seller = Agent(buyer_spec, buyer_backend), Agent(seller_spec, seller_backend)
+    ckpt = study.results_path() / "checkpoints" / f"{buyer_id}+{seller_id}.jsonl"
+    negs = run_negotiations(scen, buyer, seller, cfg, checkpoint=ckpt)
+    wall = time.perf_counter() - t0
+    df = negotiations_to_frame(negs)
+
+    turns = len(df)
+    agreed = sum(n.agreed for n in negs)
+    parse_fail = int((~df["parse_ok"]).sum()) if turns else 0
+    preview = ""
+    if negs and negs[0].turns:
+        first = df[df["negotiation_id"] == negs[0].negotiation_id]
+        preview = transcript_markdown(first, negs[0].scenario.get("title", ""))
+    cache = {b.id: (getattr(b.backend, "hits", None), getattr(b.backend, "misses", None)) for b in (buyer, seller)}
+    yield Output(df, metadata={
+        "negotiations": len(negs),
+        "turns": turns,
+        "agreement_rate": agreed / max(1, len(negs)),
+        "parse_failure_rate": parse_fail / max(1, turns),
+        "fallback_rate": float((~df["structured"]).mean()) if turns else 0.0,
+        "tokens_in": int(df["tokens_in"].sum()) if turns else 0,
+        "tokens_out": int(df["tokens_out"].sum()) if turns else 0,
+        "wall_s": round(wall, 2),
+        "response_cache_hits_misses": MetadataValue.json(cache),
+        "estimate_upper_bounds": MetadataValue.json(estimate),
+        "preview": MetadataValue.md(preview or "(no turns)"),
+    })
+    # The checkpoint goes once the partition's table is stored (the IO manager ran when Output was yielded).
+    ckpt.unlink(missing_ok=True)
+    yield validate_transcripts(df, max_turns=cfg.max_turns, warn_rate=study.parse_failure_warn_rate)

@@ -1,0 +1,134 @@
+"""CUDA figures for the engine on a Llama-3.2-3B-shaped model built from its config with RANDOM weights (no weights
+can reach the GPU machine). Random weights make the words meaningless, but the work is the real work: structured
+decoding forces the JSON contract, prompts and turns are the real ones, and every reply is generated token by token.
+
+    python scripts/cuda_bench.py --tokenizer DIR --scenarios FILE.json [--dialogues 30 120 240] [--turns 6]
+
+DIR: a tokenizer folder (the embedded SmolLM2's: its 49,152-token vocabulary replaces Llama 3's 128,256, so the
+LM head is 151M instead of 394M parameters). FILE: scenarios as a JSON list of Scenario dicts. Prints one JSON line
+per configuration: negotiations/min, generated tokens/s, turns, peak GPU memory.
+
+Inputs for a GPU machine without the project's environment (it needs torch and transformers; pydantic travels):
+
+    mkdir -p cuda_bench_input/site && cp ~/.cache/agreemate/models/*/{tokenizer*.json,chat_template.jinja} cuda_bench_input/
+    python -c "import json; from agreemate_lib.core.scenarios import sample_scenarios as s; json.dump([x.to_dict()
+        for x in s('test', 240, 0).scenarios], open('cuda_bench_input/scenarios.json', 'w'))"
+    pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d /tmp/w pydantic \
+        && for w in /tmp/w/*.whl; do python -m zipfile -e $w cuda_bench_input/site/; done
+    # there: PYTHONPATH=$PWD:$PWD/cuda_bench_input/site python scripts/cuda_bench.py --tokenizer cuda_bench_input \
+    #        --scenarios cuda_bench_input/scenarios.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LLAMA_32_3B = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                   num_key_value_heads=8, head_dim=128, rope_theta=500000.0, max_position_embeddings=131072,
+                   rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=True)
+
+
+def build_model(tokenizer, dtype, quantization: str | None, device: str = "cuda", layers: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = LLAMA_32_3B | ({"num_hidden_layers": layers} if layers else {})
+    cfg = LlamaConfig(**shape, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    if quantization == "nf4":
+        import bitsandbytes as bnb  # noqa: F401 - fails here when not installed
+        from transformers import BitsAndBytesConfig
+
+        path = Path("/tmp/random-llama-3b")
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        del model
+        torch.cuda.empty_cache()
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        model = LlamaForCausalLM.from_pretrained(path, quantization_config=q, device_map={"": "cuda"})
+    model.eval()
+    return model
+
+
+def run(tokenizer, model, scenarios, n: int, turns: int, label: str) -> dict:
+    import torch
+
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
+    from agreemate_lib.negotiation.agents import Agent, AgentSpec
+    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+
+    backend = TransformersBackend("random-llama-3.2-3b", loaded=(tokenizer, model), batch_size=n,
+                                  prefix_cache_tokens=10_000_000)
+    spec = AgentSpec(id="r3b", temperature=0.7)
+    agent = Agent(spec, backend)
+    cuda = next(model.parameters()).is_cuda
+    fs0 = dict(getattr(model, "_agreemate_forward_stats", {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    negs = run_negotiations(scenarios[:n], agent, agent, RunConfig(max_turns=turns, seed=0))
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    all_turns = [x for g in negs for x in g.turns]
+    out_tok = sum(x.tokens_out for x in all_turns)
+    fs = {k: backend.forward_stats[k] - fs0.get(k, 0) for k in ("prefill_s", "decode_s", "decode_steps")}
+    return {"config": label, "dialogues": n, "max_turns": turns, "wall_s": round(wall, 2),
+            "negotiations_per_min": round(60 * len(negs) / wall, 1), "turns": len(all_turns),
+            "generated_tokens": out_tok, "generated_tokens_per_s": round(out_tok / wall, 1),
+            "parse_ok": sum(x.parse_ok for x in all_turns),
+            "first_error": next((x.error for x in all_turns if x.error), None), "prefill_s": round(fs["prefill_s"], 2),
+            "decode_s": round(fs["decode_s"], 2), "decode_steps": fs["decode_steps"],
+            "ms_per_decode_step": round(1000 * fs["decode_s"] / max(1, fs["decode_steps"]), 2),
+            "structured_processor_s": round(backend.stats["processor_s"], 2),
+            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+
+
+def main() -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from agreemate_lib.core.scenarios import Scenario
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--scenarios", required=True)
+    p.add_argument("--dialogues", type=int, nargs="+", default=[30, 120, 240])
+    p.add_argument("--turns", type=int, default=6)
+    p.add_argument("--quantization", nargs="+", default=["none", "nf4"])
+    p.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (with --layers 2)")
+    p.add_argument("--layers", type=int, default=0, help="override the layer count (smoke tests)")
+    args = p.parse_args()
+    print(json.dumps({"gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+                      "torch": torch.__version__,
+                      "python": platform.python_version(), "cpu": platform.processor()}), flush=True)
+    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    scen = [Scenario(**d) for d in json.loads(Path(args.scenarios).read_text())]
+    for q in args.quantization:
+        try:
+            model = build_model(tok, torch.bfloat16, None if q == "none" else q, args.device, args.layers)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next configuration
+            print(json.dumps({"config": f"bf16+{q}", "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            continue
+        label = "bf16" if q == "none" else f"{q} (bf16 compute)"
+        run(tok, model, scen, min(8, len(scen)), 2, "warm-up")
+        for n in args.dialogues:
+            print(json.dumps(run(tok, model, scen, n, args.turns, label)), flush=True)
+        del model
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
