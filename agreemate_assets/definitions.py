@@ -12,12 +12,16 @@ from dagster import BetaWarning, PreviewWarning
 warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
-from dagster import AutomationConditionSensorDefinition, Definitions, in_process_executor, load_defs  # noqa: E402
-
-from . import defs as defs_folder  # noqa: E402
+from dagster import (  # noqa: E402
+    AutomationConditionSensorDefinition,
+    Definitions,
+    in_process_executor,
+    load_from_defs_folder,
+)
 
 defs = Definitions.merge(
-    load_defs(defs_folder, project_root=Path(__file__).resolve().parent.parent),
+    # the [tool.dg] section of pyproject.toml names agreemate_assets.defs as the folder
+    load_from_defs_folder(path_within_project=Path(__file__).resolve().parent),
     Definitions(
         sensors=[AutomationConditionSensorDefinition("automation", target="*")],
         # One process per run: the model is loaded once and shared by both agents; SQLite sees one writer per run.

@@ -31,7 +31,8 @@ def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple
         res = project.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition_key, raise_on_error=False, run_config=run_config)
         if not res.success:
-            log(f"  run {res.run_id[:8]} of {job_name} for {partition_key or 'unpartitioned'} failed; see the Dagster UI")
+            log(f"  run {res.run_id[:8]} of {job_name} for {partition_key or 'unpartitioned'} failed; "
+                "see the Dagster UI")
         return res
 
     t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     print(f"AgreeMate study: {len(pairs)} pairs x {study.n_scenarios} scenarios, up to {study.max_turns} turns; "
           f"instance {os.environ['DAGSTER_HOME']}")
     results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
-    out = study.results_path()
+    out = study.results_location()
     print(f"\nresults: {out}/metrics.parquet (table), {out}/negotiation_transcripts/ (one parquet per pair)")
     if not args.no_report:
         print(f"report:  {out}/report/report.html (figures in {out}/figures/)")
@@ -84,12 +85,14 @@ def main(argv=None) -> int:
           "http://127.0.0.1:3000)")
     try:
         import pandas as pd
+        from upath import UPath
 
-        from agreemate_lib.evaluation.metrics import METRIC_NAMES
+        from agreemate_lib.evaluation.metrics import metric_names
 
-        table = pd.read_parquet(out / "metrics.parquet")
+        with (UPath(out) / "metrics.parquet").open("rb") as fh:
+            table = pd.read_parquet(fh)
         with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):
-            print(table[["pair", "n", *METRIC_NAMES]].to_string(index=False))
+            print(table[["pair", "n", *metric_names()]].to_string(index=False))
     except (OSError, KeyError) as exc:
         print(f"(no metrics table: {exc})")
     return 0 if all(results.values()) else 1

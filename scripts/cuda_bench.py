@@ -10,7 +10,8 @@ per configuration: negotiations/min, generated tokens/s, turns, peak GPU memory.
 
 Inputs for a GPU machine without the project's environment (it needs torch and transformers; pydantic travels):
 
-    mkdir -p cuda_bench_input/site && cp ~/.cache/agreemate/models/*/{tokenizer*.json,chat_template.jinja} cuda_bench_input/
+    mkdir -p cuda_bench_input/site
+    cp ~/.cache/agreemate/models/*/{tokenizer*.json,chat_template.jinja} cuda_bench_input/
     python -c "import json; from agreemate_lib.core.scenarios import sample_scenarios as s; json.dump([x.to_dict()
         for x in s('test', 240, 0).scenarios], open('cuda_bench_input/scenarios.json', 'w'))"
     pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d /tmp/w pydantic \

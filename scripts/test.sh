@@ -13,6 +13,8 @@ if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
     || { tail -30 /tmp/agreemate-llama-install.log >&2; echo "[test] llama-cpp-python install failed" >&2; exit 1; }
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# Lint first (configured in pyproject.toml): a lint error fails the run like a failing test.
+.venv/bin/ruff check . || { echo "[test] ruff found problems (fix them or run: .venv/bin/ruff check . --fix)" >&2; exit 1; }
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi

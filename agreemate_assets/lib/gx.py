@@ -64,7 +64,8 @@ def validate(df: pd.DataFrame, expectations: list, name: str, example_columns: l
         label = cfg.type + (f"[{cfg.kwargs.get('column')}]" if cfg.kwargs.get("column") else "")
         res = r.result or {}
         idx = res.get("unexpected_index_list") or []
-        examples = frame.loc[[i for i in idx[:max_examples] if i in frame.index], cols].to_dict("records") if idx else []
+        rows = [i for i in idx[:max_examples] if i in frame.index]
+        examples = frame.loc[rows, cols].to_dict("records") if idx else []
         count = int(res.get("unexpected_count") or (0 if r.success else 1))
         out.append(ExpectationOutcome(label, bool(r.success), count, examples))
     return out

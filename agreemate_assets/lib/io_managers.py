@@ -45,7 +45,8 @@ def _write_bytes(path: UPath, data: bytes) -> None:
 
 
 class _HivePartitions(UPathIOManager):
-    """Partition files named ``dim=value`` (multi-partitioned) so the folder reads as a pyarrow/hive dataset."""
+    """Partition paths named ``dim=value`` (``buyer=A/seller=B``): the folder reads as one parquet dataset with a
+    ``buyer`` column from the folder names."""
 
     def get_path_for_partition(self, context: InputContext | OutputContext, path: UPath, partition: str) -> UPath:
         pdef = context.asset_partitions_def if context.has_asset_partitions else None

@@ -36,9 +36,27 @@ class StudySettings(ConfigurableResource):
     def results_path(self) -> Path:
         """The results location as a local folder (file artifacts that libraries write by path)."""
         loc = self.results_location()
-        if "://" in loc and not loc.startswith("file://"):
+        if not self.is_local():
             raise ValueError(f"results location {loc} is not a local folder; this step needs local files")
         p = Path(loc.removeprefix("file://"))
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def is_local(self) -> bool:
+        loc = self.results_location()
+        return "://" not in loc or loc.startswith("file://")
+
+    def work_path(self) -> Path:
+        """A local folder for working state that never leaves this machine (the response cache, crash
+        checkpoints): the results folder when it is local, else a folder in the cache keyed by the location."""
+        if self.is_local():
+            return self.results_path()
+        import hashlib
+
+        from agreemate_lib.core.settings import cache_dir
+
+        key = hashlib.sha256(self.results_location().encode()).hexdigest()[:16]
+        p = cache_dir() / "work" / key
         p.mkdir(parents=True, exist_ok=True)
         return p
 

@@ -46,7 +46,7 @@ class ChatRequest:
 
     messages: list[dict[str, str]]
     reply_format: ReplyFormat = field(default_factory=ReplyFormat)
-    context: "TurnState | None" = None
+    context: TurnState | None = None
     #: Distinguishes requests for seeding and caching (negotiation id, turn, attempt).
     key: str = ""
     #: Identifies the conversation (negotiation x role) whose KV cache a local backend may reuse across turns.
@@ -93,7 +93,7 @@ class ChatBackend(ABC):
     model_id: str = ""
 
     @classmethod
-    def from_spec(cls, spec: "AgentSpec", **runtime: Any) -> "ChatBackend":
+    def from_spec(cls, spec: AgentSpec, **runtime: Any) -> ChatBackend:
         """Build the backend for a roster agent (its common fields and its :attr:`Config`). ``runtime`` carries what
         never enters a config (``api_key``); backends ignore what they do not use."""
         raise NotImplementedError(f"backend {cls.name!r} cannot be built from a roster entry")
@@ -102,8 +102,8 @@ class ChatBackend(ABC):
     def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
         """One completion per request, in order. Must not raise for a single bad reply: return it with ``error``."""
 
-    def release(self, prefix_keys: list[str]) -> None:
+    def release(self, prefix_keys: list[str]) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Forget per-conversation state (KV caches) of conversations that have ended."""
 
-    def close(self) -> None:  # pragma: no cover - default no-op
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         pass

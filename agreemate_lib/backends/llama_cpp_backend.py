@@ -4,7 +4,6 @@ structured output through llama.cpp's JSON-schema grammar. Used by ``agreemate b
 from __future__ import annotations
 
 import os
-
 from typing import Optional
 
 from pydantic import Field
@@ -26,7 +25,7 @@ class LlamaCppBackend(ChatBackend):
     loads_weights = True
 
     @classmethod
-    def from_spec(cls, spec, **_) -> "LlamaCppBackend":
+    def from_spec(cls, spec, **_) -> LlamaCppBackend:
         from agreemate_lib.backends.models import EMBEDDED_ALIASES
 
         c = spec.backend_config()

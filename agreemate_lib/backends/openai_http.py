@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-
-from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
 from typing import Literal, Optional
 
 from pydantic import Field
 
 from agreemate_lib.backends.base import BackendConfig, ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -60,7 +59,7 @@ class OpenAIBackend(ChatBackend):
     needs_credentials = True
 
     @classmethod
-    def from_spec(cls, spec, api_key: str | None = None, **_) -> "OpenAIBackend":
+    def from_spec(cls, spec, api_key: str | None = None, **_) -> OpenAIBackend:
         c = spec.backend_config()
         return cls(spec.model, base_url=c.base_url or "", api_key_env=c.api_key_env, api_key=api_key,
                    concurrency=c.concurrency, timeout_s=c.timeout_s, structured=spec.structured,

@@ -22,7 +22,7 @@ class CachedPrefix:
     ids: list[int]
     keys: list[torch.Tensor]  # per layer: (kv_heads, T - len(base.ids), head_dim)
     values: list[torch.Tensor]
-    base: "CachedPrefix | None" = None
+    base: CachedPrefix | None = None
 
     @property
     def length(self) -> int:
@@ -92,7 +92,7 @@ class PrefixCache:
         for k in keys:
             self.entries.pop(k, None)
 
-    def base_for(self, ids: list[int]) -> "CachedPrefix | None":
+    def base_for(self, ids: list[int]) -> CachedPrefix | None:
         """The longest shared entry that is a whole prefix of ``ids``."""
         best = None
         for e in self.shared.values():

@@ -41,6 +41,6 @@ def backend_class(name: str) -> type[ChatBackend]:
     return cls
 
 
-def make_backend(spec: "AgentSpec", **runtime) -> ChatBackend:
+def make_backend(spec: AgentSpec, **runtime) -> ChatBackend:
     """The backend a roster agent asks for, built from its spec (``runtime``: secrets such as ``api_key``)."""
     return backend_class(spec.backend).from_spec(spec, **runtime)

@@ -21,7 +21,7 @@ class RuleBasedBackend(ChatBackend):
     needs_model = False
 
     @classmethod
-    def from_spec(cls, spec, **_) -> "RuleBasedBackend":
+    def from_spec(cls, spec, **_) -> RuleBasedBackend:
         return cls(beta=spec.backend_config().beta)
 
     def __init__(self, beta: float = 0.5, opening_margin: float = 0.1):

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS, PRICED_ACTS
 from agreemate_lib.backends.base import ReplyFormat
+from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS, PRICED_ACTS
 
 #: Acts whose price is forced to null (they name no price).
 NULL_PRICE_ACTS = frozenset({"intro", "inquire", "accept", "reject", "quit"})
@@ -44,7 +44,7 @@ class TokenTable:
     vocab_size: int = 0
 
     @classmethod
-    def build(cls, tokenizer, vocab_size: int) -> "TokenTable":
+    def build(cls, tokenizer, vocab_size: int) -> TokenTable:
         strings = [tokenizer.decode([i]) for i in range(vocab_size)]
         special = set(tokenizer.all_special_ids)
         free = torch.ones(vocab_size, dtype=torch.bool)

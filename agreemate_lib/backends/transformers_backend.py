@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from pathlib import Path
-
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -71,7 +69,7 @@ class TransformersBackend(ChatBackend):
     loads_weights = True
 
     @classmethod
-    def from_spec(cls, spec, **_) -> "TransformersBackend":
+    def from_spec(cls, spec, **_) -> TransformersBackend:
         from agreemate_lib.backends.models import resolve_adapter
 
         c = spec.backend_config()
@@ -150,7 +148,12 @@ class TransformersBackend(ChatBackend):
         import torch
         from transformers import LogitsProcessorList
 
-        from agreemate_lib.backends.structured import TurnMachine, TurnMachineProcessor, assistant_prefix, max_reply_tokens
+        from agreemate_lib.backends.structured import (
+            TurnMachine,
+            TurnMachineProcessor,
+            assistant_prefix,
+            max_reply_tokens,
+        )
 
         t0 = time.perf_counter()  # generate_s covers encoding and the shared-head prefill too
         enc, past, reuse = self._encode(reqs, prompts)
@@ -276,8 +279,8 @@ class TransformersBackend(ChatBackend):
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([head[:n]], device=self.device), use_cache=True,
                        **{cache_kwarg(self.model): past})
-        self.prefix_cache.store_shared(CachedPrefix(head[:n], [l.keys[0].clone() for l in past.layers],
-                                                    [l.values[0].clone() for l in past.layers]))
+        self.prefix_cache.store_shared(CachedPrefix(head[:n], [layer.keys[0].clone() for layer in past.layers],
+                                                    [layer.values[0].clone() for layer in past.layers]))
         self.prefix_cache.prefilled_tokens += n
 
     def _store(self, reqs: list[ChatRequest], enc: dict, out, past) -> None:

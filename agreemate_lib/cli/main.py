@@ -8,17 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-from agreemate_lib.evaluation.metrics import FORMULA_MODES, METRIC_NAMES
+from agreemate_lib.evaluation.metrics import FORMULA_MODES, metric_names
 
 
 def _cmd_negotiate(args: argparse.Namespace) -> int:
-    from agreemate_lib.negotiation.agents import Agent
-    from agreemate_lib.evaluation.tables import negotiation_table, summarize
-    from agreemate_lib.negotiation.roster import resolve_agent
-    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
-    from agreemate_lib.core.scenarios import sample_scenarios
     from agreemate_lib.core.io import atomic_write_parquet
     from agreemate_lib.core.records import negotiations_to_frame, summaries_to_frame
+    from agreemate_lib.core.scenarios import sample_scenarios
+    from agreemate_lib.evaluation.tables import negotiation_table, summarize
+    from agreemate_lib.negotiation.agents import Agent
+    from agreemate_lib.negotiation.roster import resolve_agent
+    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 
     out = Path(args.out)
     sset = sample_scenarios(args.split, args.scenarios, args.seed, source=args.data)
@@ -53,7 +53,7 @@ def _cmd_negotiate(args: argparse.Namespace) -> int:
     print(f"parse success {ok}/{len(turns)} = {ok / max(1, len(turns)):.1%}; structured without fallback "
           f"{sum(t.structured for t in turns)}/{len(turns)}")
     print(f"outcomes: { {o: sum(n.outcome == o for n in negs) for o in sorted({n.outcome for n in negs})} }")
-    for m in METRIC_NAMES:
+    for m in metric_names():
         print(f"  {m:22s} {summary[m]: .4f}  [{summary[m + '_ci_low']: .4f}, {summary[m + '_ci_high']: .4f}]")
     print(f"wrote {out / 'transcripts.parquet'}, {out / 'negotiations.parquet'}, {out / 'metrics.parquet'}")
     return 0
@@ -78,7 +78,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         import pandas as pd
 
         with pd.option_context("display.max_columns", None, "display.width", 200):
-            print(summary[[col, "n", *METRIC_NAMES]].to_string(index=False))
+            print(summary[[col, "n", *metric_names()]].to_string(index=False))
         print(f"formula: {', '.join(sorted(set(table['formula'])))}")
     return 0
 
@@ -107,7 +107,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="agreemate", description="LLM buyers and sellers haggling over Craigslist listings")
+    p = argparse.ArgumentParser(prog="agreemate",
+                                description="LLM buyers and sellers haggling over Craigslist listings")
     sub = p.add_subparsers(dest="command", required=True)
 
     n = sub.add_parser("negotiate", help="run a batch of negotiations between a buyer and a seller")
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="render the static HTML report (tables, figures, transcript browser)")
     r.add_argument("--out", required=True)
-    r.add_argument("--results", default=None, help="assets results folder (default: the results setting, <repo>/results)")
+    r.add_argument("--results", default=None,
+                   help="assets results folder (default: the results setting, <repo>/results)")
     r.add_argument("--published", default=None, help="folder of AgreeMate result CSVs (default: the data setting's)")
     r.add_argument("--no-human", action="store_true", help="leave out the human baseline")
     r.set_defaults(func=_cmd_report)

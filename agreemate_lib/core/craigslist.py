@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from agreemate_lib.core.scenarios import Scenario, ScenarioError, _from_hf_row, iter_raw_rows
 from agreemate_lib.core.vocabulary import normalize_action

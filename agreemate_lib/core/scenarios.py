@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from agreemate_lib.core import settings
 
@@ -221,7 +222,8 @@ def sample_scenarios(
     source: str | None = None,
     reservation_fraction: float = DEFAULT_RESERVATION_FRACTION,
 ) -> ScenarioSet:
-    """A seeded sample of ``n`` valid scenarios: the same arguments always give the same scenarios, in the same order."""
+    """A seeded sample of ``n`` valid scenarios: the same arguments always give the same scenarios, in the same
+    order."""
     full = load_scenarios(split, source, reservation_fraction)
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")

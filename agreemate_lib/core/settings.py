@@ -1,21 +1,21 @@
 """Settings, in one place and read once per process: where the data, the caches, the results and the roster live,
 and the study-wide statistics defaults. Environment variables override the defaults:
 
-| variable | setting | default |
-|---|---|---|
-| ``AGREEMATE_DATA_DIR`` | data folder (Craigslist Bargains, Deal or No Deal, published runs) | ``../shared/data`` beside the repo |
-| ``AGREEMATE_CACHE_DIR`` | converted models, hashes | ``~/.cache/agreemate`` |
-| ``AGREEMATE_RESULTS_DIR`` | where assets store results: a local path or an object-store URL (``s3://...``) | ``<repo>/results`` |
-| ``AGREEMATE_ROSTER`` | the roster file | ``<repo>/agents.yaml`` |
+- ``AGREEMATE_DATA_DIR``: the data folder (Craigslist Bargains, Deal or No Deal, published runs); default
+  ``../shared/data`` beside the repo.
+- ``AGREEMATE_CACHE_DIR``: converted models and hashes; default ``~/.cache/agreemate``.
+- ``AGREEMATE_RESULTS_DIR``: where assets store results, a local path or an object-store URL (``s3://...``);
+  default ``<repo>/results``.
+- ``AGREEMATE_ROSTER``: the roster file; default ``<repo>/agents.yaml``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 #: Hugging Face hub id used when no local copy of Craigslist Bargains is present.
 CRAIGSLIST_HUB_ID = "stanfordnlp/craigslist_bargains"
@@ -36,7 +36,7 @@ class Settings:
     ci_level: float = 0.95
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         data = env.get("AGREEMATE_DATA_DIR")
         if data:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from agreemate_lib.evaluation.tables import negotiation_table, summarize, summarize_pairs_then_groups
-from agreemate_lib.core.records import Negotiation, Turn
+from agreemate_lib.evaluation.tables import summarize, summarize_pairs_then_groups
 
 SIZES = ("3B", "8B", "70B")
 TABLE3_METRICS = ("aggressiveness", "bias", "dialogue_length", "fairness", "concession_rate", "probing_ratio",

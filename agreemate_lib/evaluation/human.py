@@ -27,7 +27,7 @@ def human_negotiations(split: str = "validation", source: str | None = None, ann
         if ending is not None and ending.action == "accept" and last_offer is not None:
             neg.outcome, neg.accepted_price, neg.ended_by = "accepted", last_offer, ending.speaker
         elif ending is not None:
-            neg.outcome = "rejected" if ending.action == "reject" else ("quit" if ending.action == "quit" else "no_deal")
+            neg.outcome = {"reject": "rejected", "quit": "quit"}.get(ending.action, "no_deal")
         out.append(neg)
     return out
 

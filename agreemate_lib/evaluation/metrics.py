@@ -9,8 +9,9 @@ Formulas and edge cases are documented in ``docs/metrics.md``. Two formula modes
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -162,8 +163,13 @@ def probing_ratio(x: MetricInputs) -> float:
     return sum(1 for a in x.outcome.actions if a == "inquire") / x.n if x.n else NAN
 
 
-#: Metric names in report order (registration order).
-METRIC_NAMES: tuple[str, ...] = tuple(METRICS)
+def metric_names() -> tuple[str, ...]:
+    """Every registered metric, in report order (registration order)."""
+    return tuple(METRICS)
+
+
+#: The metrics registered by this module (use :func:`metric_names` to include metrics registered later).
+METRIC_NAMES: tuple[str, ...] = metric_names()
 
 
 def negotiation_metrics(o: NegotiationOutcome, mode: FormulaMode = "corrected") -> dict[str, float]:

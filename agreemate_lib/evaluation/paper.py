@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agreemate_lib.core.records import NegotiationOutcome
-from agreemate_lib.evaluation.metrics import negotiation_metrics
 from agreemate_lib.core.vocabulary import normalize_action
+from agreemate_lib.evaluation.metrics import negotiation_metrics
 
 csv.field_size_limit(2**31 - 1)
 

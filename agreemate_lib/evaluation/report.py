@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from agreemate_lib.evaluation import figures as F
-from agreemate_lib.evaluation.comparisons import PAPER_TABLE3, TABLE3_METRICS, paper_table3_files, size_cot_files, table3
-from agreemate_lib.evaluation.human import human_negotiations
-from agreemate_lib.evaluation.tables import negotiation_table, summarize
-from agreemate_lib.evaluation.metrics import METRIC_NAMES
 from agreemate_lib.core.records import negotiations_to_frame
+from agreemate_lib.evaluation import figures as F
+from agreemate_lib.evaluation.comparisons import (
+    PAPER_TABLE3,
+    TABLE3_METRICS,
+    paper_table3_files,
+    size_cot_files,
+    table3,
+)
+from agreemate_lib.evaluation.human import human_negotiations
+from agreemate_lib.evaluation.metrics import metric_names
+from agreemate_lib.evaluation.tables import negotiation_table, summarize
 
 
 def load_study(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -50,7 +56,7 @@ def _table_html(df: pd.DataFrame, cols: list[str]) -> str:
 
 def _with_ci(summary: pd.DataFrame, key: str) -> pd.DataFrame:
     out = summary[[key, "n"]].copy()
-    for m in METRIC_NAMES:
+    for m in metric_names():
         if m in summary:
             out[m] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "" for v, lo, hi in
                       zip(summary[m], summary[f"{m}_ci_low"], summary[f"{m}_ci_high"])]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from agreemate_lib.evaluation.metrics import METRIC_NAMES, aggregate, bootstrap_mean, negotiation_metrics
-from agreemate_lib.evaluation.paper import detect_paper_variant, is_cot_pair, pair_from_filename, read_published_csv
 from agreemate_lib.core.records import Negotiation, frame_to_negotiations
+from agreemate_lib.evaluation.metrics import aggregate, bootstrap_mean, metric_names, negotiation_metrics
+from agreemate_lib.evaluation.paper import detect_paper_variant, is_cot_pair, pair_from_filename, read_published_csv
 
 
 def negotiation_table(negotiations: Sequence[Negotiation], mode: str = "corrected") -> pd.DataFrame:
@@ -105,11 +105,11 @@ def summarize(table: pd.DataFrame, by: str | list[str] = "pair", n_boot: int = 2
 def summarize_pairs_then_groups(table: pd.DataFrame, group_col: str = "cot", n_boot: int = 2000,
                                 seed: int = 0) -> pd.DataFrame:
     """The paper's averaging: per-pair means first, then the mean of those means per group (CIs over pairs)."""
-    pair_means = table.groupby("pair").agg({group_col: "first", **{m: "mean" for m in METRIC_NAMES}}).reset_index()
+    pair_means = table.groupby("pair").agg({group_col: "first", **{m: "mean" for m in metric_names()}}).reset_index()
     rows = []
     for key, g in pair_means.groupby(group_col, sort=True):
         row = {group_col: key, "n": int(len(g))}
-        for m in METRIC_NAMES:
+        for m in metric_names():
             est = bootstrap_mean(g[m].tolist(), n_boot=n_boot, seed=seed)
             row |= {m: est.mean, f"{m}_ci_low": est.low, f"{m}_ci_high": est.high, f"{m}_n": est.n}
         rows.append(row)

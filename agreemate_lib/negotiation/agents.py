@@ -5,18 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Optional
-
 from pathlib import Path
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agreemate_lib.backends.base import BackendConfig, ChatBackend, ChatRequest, GenerationSettings, ReplyFormat
 from agreemate_lib.backends.models import file_digest, resolve_adapter
 from agreemate_lib.backends.registry import backend_class, make_backend
-from agreemate_lib.negotiation.state import TurnState
 from agreemate_lib.negotiation.parsing import ParsedTurn, parse_turn
 from agreemate_lib.negotiation.prompts import PERSONALITIES, build_messages, system_prompt
+from agreemate_lib.negotiation.state import TurnState
 
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -62,7 +61,7 @@ class AgentSpec(BaseModel):
         return {k: v for k, v in data.items() if k in common} | {"options": {**data.get("options", {}), **extra}}
 
     @model_validator(mode="after")
-    def _validate_backend_options(self) -> "AgentSpec":
+    def _validate_backend_options(self) -> AgentSpec:
         cls = backend_class(self.backend)
         allowed = set(cls.Config.model_fields)
         unknown = sorted(set(self.options) - allowed)
@@ -102,7 +101,7 @@ class AgentSpec(BaseModel):
         return ReplyFormat(self.cot, self.max_utterance_tokens, self.max_reasoning_tokens,
                            allowed_acts=allowed_acts(state), price_digits=price_digits(state.view["listing_price"]))
 
-    def shares_weights_with(self, other: "AgentSpec") -> bool:
+    def shares_weights_with(self, other: AgentSpec) -> bool:
         """Both agents run the same backend on the same model with the same settings: one loaded copy serves both
         (only prompts differ: personality, chain-of-thought)."""
         keep = {"backend", "model", "adapter", "structured", "options"}

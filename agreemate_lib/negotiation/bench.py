@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from agreemate_lib.core.scenarios import sample_scenarios
 from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
-from agreemate_lib.core.scenarios import sample_scenarios
 
 
 def peak_rss_mib() -> float:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from agreemate_lib.negotiation.agents import AgentSpec
 from agreemate_lib.backends.structured import max_reply_tokens
+from agreemate_lib.core.scenarios import Scenario
+from agreemate_lib.negotiation.agents import AgentSpec
 from agreemate_lib.negotiation.prompts import system_prompt
 from agreemate_lib.negotiation.runner import RunConfig
-from agreemate_lib.core.scenarios import Scenario
 
 TOKENS_PER_TURN_IN_HISTORY = 40  # a turn as it reappears in later prompts (JSON or words), measured on SmolLM2 runs
 

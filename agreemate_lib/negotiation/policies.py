@@ -52,7 +52,8 @@ class ConcessionPolicy:
         last_turn = st.turn >= st.max_turns - 2  # this agent's last chance to speak
         acceptable = other is not None and ((role == "seller" and other >= mine) or (role == "buyer" and other <= mine))
         if acceptable:
-            return {"action": "accept", "utterance": f"Deal, {_money(other)} it is.".replace(".00 ", " "), "price": None}
+            return {"action": "accept", "utterance": f"Deal, {_money(other)} it is.".replace(".00 ", " "),
+                    "price": None}
         within_limit = other is not None and (
             (role == "seller" and other >= bottom) or (role == "buyer" and other <= bottom)
         )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from agreemate_lib.core.money import format_money
-
 
 PERSONALITIES: dict[str, str] = {
     "": "",
@@ -40,16 +40,19 @@ def few_shot_examples(role: str, listing_price: float, cot: bool) -> list[dict[s
     L = listing_price
     if role == "buyer":
         ex = [
-            {"action": "inquire", "utterance": "Hi! Is it still available, and what condition is it in?", "price": None},
+            {"action": "inquire", "utterance": "Hi! Is it still available, and what condition is it in?",
+             "price": None},
             {"action": "offer", "utterance": f"Would you take {format_money(_round(0.75 * L))} for it?",
              "price": _round(0.75 * L)},
-            {"action": "counter-price", "utterance": f"That's too much for me. I could go to {format_money(_round(0.82 * L))}.",
+            {"action": "counter-price",
+             "utterance": f"That's too much for me. I could go to {format_money(_round(0.82 * L))}.",
              "price": _round(0.82 * L)},
         ]
     else:
         ex = [
             {"action": "inform", "utterance": "Yes, it's in great shape and works perfectly.", "price": None},
-            {"action": "counter-price", "utterance": f"I can't go that low, but I could do {format_money(_round(0.95 * L))}.",
+            {"action": "counter-price",
+             "utterance": f"I can't go that low, but I could do {format_money(_round(0.95 * L))}.",
              "price": _round(0.95 * L)},
             {"action": "insist", "utterance": f"{format_money(_round(0.92 * L))} is my best price, it's worth it.",
              "price": _round(0.92 * L)},
@@ -89,7 +92,8 @@ def system_prompt(role: str, view: dict[str, Any], personality: str = "", cot: b
     """Generic contract first (shared by every negotiation), then the role, the listing and scaled examples."""
     other = "seller" if role == "buyer" else "buyer"
     goal = (
-        f"You are the buyer. Buy the item for as little as possible; your target price is {format_money(view['target'])}."
+        "You are the buyer. Buy the item for as little as possible; your target price is "
+        f"{format_money(view['target'])}."
         if role == "buyer"
         else f"You are the seller. Sell the item for as much as possible; your target price is "
         f"{format_money(view['target'])} and you never accept less than {format_money(view['bottom_line'])}."

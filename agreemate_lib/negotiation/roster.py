@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from agreemate_lib.negotiation.agents import AgentSpec, parse_agent_shorthand
 from agreemate_lib.core.settings import repo_root
+from agreemate_lib.negotiation.agents import AgentSpec, parse_agent_shorthand
 
 DEFAULT_ROSTER = "agents.yaml"
 

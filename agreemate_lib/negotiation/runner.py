@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
+from agreemate_lib.core.records import Negotiation, Turn
+from agreemate_lib.core.scenarios import Scenario
 from agreemate_lib.negotiation.agents import Agent
 from agreemate_lib.negotiation.state import TurnState
-from agreemate_lib.core.scenarios import Scenario
-from agreemate_lib.core.records import Negotiation, Turn
 
 
 @dataclass(frozen=True)

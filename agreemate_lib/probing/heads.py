@@ -138,7 +138,7 @@ def bootstrap_heads(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tu
 def rank_heads(mean: np.ndarray) -> list[tuple[int, int]]:
     """(layer, head) by descending mean; ties by layer then head (deterministic)."""
     L, H = mean.shape
-    return sorted(((l, h) for l in range(L) for h in range(H)), key=lambda lh: (-mean[lh], lh[0], lh[1]))
+    return sorted(((la, h) for la in range(L) for h in range(H)), key=lambda lh: (-mean[lh], lh[0], lh[1]))
 
 
 def transcript_texts(negotiations, tokenizer, max_chars: int = 6000) -> list[str]:

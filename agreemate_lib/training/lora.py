@@ -60,12 +60,12 @@ class LoraTrainConfig(BaseModel):
     train_examples: int = 0  # 0: all
 
     @classmethod
-    def full(cls) -> "LoraTrainConfig":
+    def full(cls) -> LoraTrainConfig:
         """Paper-scale settings for a GPU (3B base, all examples, longer schedule)."""
         return cls(preset="full", model="meta-llama/Llama-3.2-3B-Instruct", max_steps=1500, micro_batch=8,
                    grad_accum=4, max_length=2048, val_examples=512, cycle_steps=300, warmup_steps=50, lr=2e-4)
 
-    def resolved(self, seed: int | None = None) -> "LoraTrainConfig":
+    def resolved(self, seed: int | None = None) -> LoraTrainConfig:
         """The settings a run uses: the preset's, with the study's seed."""
         base = LoraTrainConfig.full() if self.preset == "full" else self
         return base.model_copy(update={} if seed is None else {"seed": seed})
@@ -99,7 +99,8 @@ def load_base(cfg: LoraTrainConfig, device: str):
             return tok, model, "nf4", f"bitsandbytes 4-bit nf4 on {device}"
         except Exception as exc:  # noqa: BLE001 - fall back, saying why
             if cfg.quantization == "nf4":
-                raise RuntimeError(f"4-bit nf4 was requested but bitsandbytes cannot run it on {device}: {exc}")
+                raise RuntimeError(f"4-bit nf4 was requested but bitsandbytes cannot run it on {device}: "
+                                   f"{exc}") from exc
             note = f"nf4 unavailable on {device} ({type(exc).__name__}: {exc}); trained unquantized"
     tok, model = load_model(cfg.model, dtype="fp32", device=device, trainable=True)
     return tok, model, "none", note
@@ -274,7 +275,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         "train_loss_first": curves[0]["loss"], "train_loss_final": curves[-1]["loss"],
         "train_loss_ema_final": ema, "validation_loss": val, "validation_perplexity": math.exp(val),
         "base_validation_loss": base_val, "base_validation_perplexity": math.exp(base_val),
-        "wall_s": time.perf_counter() - t_start, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": time.perf_counter() - t_start,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "quantization": quant, "quantization_note": note, "mixed_precision": "bf16" if use_bf16 else "fp32",
         "device": device,
     }

@@ -23,9 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from agreemate_lib.core.money import format_money
-
-from agreemate_lib.negotiation.prompts import build_messages, system_prompt
 from agreemate_lib.core.vocabulary import PRICED_ACTS
+from agreemate_lib.negotiation.prompts import build_messages, system_prompt
 
 ROLES = ("buyer", "seller", "generalist")
 
@@ -35,12 +34,13 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
     """A short thought from the numbers: where this turn's price sits between own target and the other's offer."""
     if price is not None and other_last is not None and other_last != own_target:
         share = (price - own_target) / (other_last - own_target)
-        return (f"They are at {format_money(other_last)}, my target is {format_money(own_target)}; {format_money(price)} goes "
-                f"{share:.0%} of the way toward them.")
+        return (f"They are at {format_money(other_last)}, my target is {format_money(own_target)}; "
+                f"{format_money(price)} goes {share:.0%} of the way toward them.")
     if price is not None:
         gap = (price - own_target) / own_target
         side = "above" if gap >= 0 else "below"
-        return f"No offer from them yet; {format_money(price)} is {abs(gap):.0%} {side} my target of {format_money(own_target)}."
+        return (f"No offer from them yet; {format_money(price)} is {abs(gap):.0%} {side} my target of "
+                f"{format_money(own_target)}.")
     if action == "accept" and other_last is not None:
         return f"Their {format_money(other_last)} is acceptable against my target of {format_money(own_target)}."
     if other_last is not None:

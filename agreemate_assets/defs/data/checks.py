@@ -1,6 +1,6 @@
 """Great Expectations checks on the scenario sample: prices, targets, ids, text."""
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetIn, multi_asset_check

@@ -17,10 +17,10 @@ from dagster import (
     asset_check,
 )
 
-from agreemate_lib.evaluation.tables import negotiation_table, summarize
-from agreemate_lib.evaluation.metrics import METRIC_NAMES
 from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.core.records import frame_to_negotiations
+from agreemate_lib.evaluation.metrics import metric_names
+from agreemate_lib.evaluation.tables import negotiation_table, summarize
 
 from ...lib.metadata import md_table
 from ...lib.resources import ResultsStore, StudySettings
@@ -36,7 +36,7 @@ def negotiation_metrics(context: AssetExecutionContext, study: StudySettings,
     summary = summarize(table, "pair", n_boot=study.bootstrap_resamples()).iloc[0].to_dict() if len(table) else {}
     return Output(table, metadata={
         "negotiations": len(table),
-        **{m: float(summary.get(m, float("nan"))) for m in METRIC_NAMES},
+        **{m: float(summary.get(m, float("nan"))) for m in metric_names()},
         "parse_failure_rate": float(summary.get("parse_failure_rate", 0.0)),
     })
 
@@ -55,8 +55,8 @@ def metrics_by_negotiation(negotiation_metrics: dict[str, pd.DataFrame]) -> Outp
 def metrics(study: StudySettings, metrics_by_negotiation: pd.DataFrame) -> Output[pd.DataFrame]:
     per_neg = metrics_by_negotiation
     table = summarize(per_neg, "pair", n_boot=study.bootstrap_resamples()) if len(per_neg) else \
-        pd.DataFrame(columns=["pair", "n", *METRIC_NAMES])
-    cols = ["pair", "n", *METRIC_NAMES]
+        pd.DataFrame(columns=["pair", "n", *metric_names()])
+    cols = ["pair", "n", *metric_names()]
     return Output(table, metadata={
         "pairs": len(table),
         "negotiations": len(per_neg),

@@ -1,12 +1,12 @@
 """Great Expectations checks on the metrics table. Range checks come from the metric registry: a metric registered
 with bounds is checked against them, so a new metric is checked as soon as it is registered."""
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetIn, multi_asset_check
 
-from agreemate_lib.evaluation.metrics import METRIC_NAMES, METRICS
+from agreemate_lib.evaluation.metrics import METRICS, metric_names
 
 from ...lib.gx import check_result, validate
 
@@ -33,7 +33,7 @@ def metrics_checks(metrics: pd.DataFrame) -> Iterable[AssetCheckResult]:
             yield AssetCheckResult(check_name=name, asset_key="metrics", passed=True,
                                    metadata={"pairs": 0, "note": "no pair materialized yet"})
         return
-    cols = ["pair", "n", *METRIC_NAMES]
+    cols = ["pair", "n", *metric_names()]
     yield check_result("metrics_in_documented_ranges", "metrics",
                        validate(df, metric_range_expectations(), "metric_ranges", cols),
                        severity=AssetCheckSeverity.WARN, pairs=len(df))

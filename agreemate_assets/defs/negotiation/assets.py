@@ -127,7 +127,7 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
         if study.response_cache:
             from agreemate_lib.backends.cache import CachedBackend, ResponseCache
 
-            backend = CachedBackend(backend, ResponseCache(study.results_path() / "response_cache.sqlite"))
+            backend = CachedBackend(backend, ResponseCache(study.work_path() / "response_cache.sqlite"))
         return backend
 
     from agreemate_lib.negotiation.estimates import estimate_workload
@@ -138,7 +138,7 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
     buyer_backend = backend_for(buyer_spec)
     seller_backend = buyer_backend if buyer_spec.shares_weights_with(seller_spec) else backend_for(seller_spec)
     buyer, seller = Agent(buyer_spec, buyer_backend), Agent(seller_spec, seller_backend)
-    ckpt = study.results_path() / "checkpoints" / f"{buyer_id}+{seller_id}.jsonl"
+    ckpt = study.work_path() / "checkpoints" / f"{buyer_id}+{seller_id}.jsonl"
     negs = run_negotiations(scen, buyer, seller, cfg, checkpoint=ckpt)
     wall = time.perf_counter() - t0
     df = negotiations_to_frame(negs)

@@ -4,8 +4,8 @@ rematerialized (which makes exactly their pairs stale and, with automation on, r
 
 from dagster import (
     AddDynamicPartitionsRequest,
-    AssetRecordsFilter,
     AssetKey,
+    AssetRecordsFilter,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -15,8 +15,8 @@ from dagster import (
 
 from agreemate_lib.negotiation.roster import RosterError, load_roster
 
-from .partitions import missing_agents
 from ...lib.resources import StudySettings
+from .partitions import missing_agents
 
 
 def latest_config_hash(instance, asset: str, agent_id: str) -> str | None:

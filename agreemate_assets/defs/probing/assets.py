@@ -35,8 +35,8 @@ def probe_dir(store: ResultsStore) -> Path:
 
 def sample_transcripts(turns: pd.DataFrame, study: StudySettings, n: int, seed: int):
     """A fixed, seeded set: half our own runs (when any are materialized), half human dialogues."""
-    from agreemate_lib.evaluation.human import human_negotiations
     from agreemate_lib.core.records import frame_to_negotiations
+    from agreemate_lib.evaluation.human import human_negotiations
 
     rng = random.Random(seed)
     ours = frame_to_negotiations(turns) if len(turns) else []
@@ -95,8 +95,8 @@ def probing_outputs(context: AssetExecutionContext, study: StudySettings, result
                         for i, r in enumerate(results) for layer in range(L) for head in range(H)])
     atomic_write_parquet(per, out / f"per_transcript_{variant}.parquet")
     mean, low, high = summary["ratio"]
-    top = pd.DataFrame([{"rank": k + 1, "layer": l, "head": h, "ratio": mean[l, h], "ci_low": low[l, h],
-                         "ci_high": high[l, h]} for k, (l, h) in enumerate(summary["ranking"][:5])])
+    top = pd.DataFrame([{"rank": k + 1, "layer": la, "head": h, "ratio": mean[la, h], "ci_low": low[la, h],
+                         "ci_high": high[la, h]} for k, (la, h) in enumerate(summary["ranking"][:5])])
     rank_of = {lh: k + 1 for k, lh in enumerate(summary["ranking"])}
     paper = {"layer1_head3 (0-based)": rank_of.get((1, 3)), "layer1_head3 (1-based: 0,2)": rank_of.get((0, 2)),
              "layer2_head14": "does not exist here (9 heads per layer)"}
@@ -129,7 +129,8 @@ def probing_comparison(study: StudySettings, results_store: ResultsStore, probin
         other = pd.read_parquet(out / f"per_transcript_{v}.parquet")
         m = base.merge(other, on=["negotiation_id", "layer", "head"], suffixes=("_base", "_adapter"))
         n = m["negotiation_id"].nunique()
-        idx = rng.integers(0, n, size=(study.bootstrap_resamples(), n))  # paired: the same transcripts for base and adapter
+        # paired: the same transcripts for base and adapter
+        idx = rng.integers(0, n, size=(study.bootstrap_resamples(), n))
         for (layer, head), g in m.groupby(["layer", "head"]):
             g = g.sort_values("negotiation_id")
             a = g[["pk_verb_adapter", "pk_control_adapter", "pk_verb_base", "pk_control_base"]].to_numpy()

@@ -120,9 +120,9 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_
 
 def replies_parse_check(study: StudySettings, adapter: Path, role: str) -> AssetCheckResult:
     """The adapter loads with peft and its agent produces parseable replies on 3 scenarios."""
+    from agreemate_lib.core.scenarios import sample_scenarios
     from agreemate_lib.negotiation.agents import Agent, AgentSpec
     from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
-    from agreemate_lib.core.scenarios import sample_scenarios
 
     scen = sample_scenarios("test", 3, seed=study.seed).scenarios
     spec = AgentSpec(id=f"ft-{role}", adapter=str(adapter), cot=True, temperature=0.0, max_utterance_tokens=24,

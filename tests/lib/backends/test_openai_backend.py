@@ -4,11 +4,11 @@ import socket
 
 import pytest
 
-from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.backends.base import ChatRequest, GenerationSettings, ReplyFormat
 from agreemate_lib.backends.openai_http import OpenAIBackend
-from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 from agreemate_lib.core.scenarios import make_scenario
+from agreemate_lib.negotiation.agents import Agent, AgentSpec
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 
 from .fake_openai_server import FakeOpenAI
 
@@ -124,8 +124,8 @@ def llama_server():
 
 def agent_requests(data_dir, n=3, acts=("counter-price", "inquire", "accept")):
     """Real seller prompts answering a buyer's offer on real listings."""
-    from agreemate_lib.negotiation.prompts import build_messages, system_prompt
     from agreemate_lib.core.scenarios import sample_scenarios
+    from agreemate_lib.negotiation.prompts import build_messages, system_prompt
 
     reqs = []
     for i, sc in enumerate(sample_scenarios("test", n, seed=0).scenarios):

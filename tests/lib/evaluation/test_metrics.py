@@ -7,8 +7,7 @@ import pytest
 
 from agreemate_lib.evaluation.metrics import NegotiationOutcome, aggregate, bootstrap_mean, negotiation_metrics
 from agreemate_lib.evaluation.paper import detect_paper_variant, read_published_csv
-
-from .conftest import PUBLISHED
+from tests.conftest import PUBLISHED
 
 
 def outcome(p=None, L=200.0, B=120.0, S=200.0, actions=("offer", "counter-price", "accept"),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.backends.prefix_cache import CachedPrefix, PrefixCache, common_prefix
+from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 
 pytestmark = pytest.mark.slow

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from agreemate_lib.negotiation.agents import Agent, AgentSpec, parse_agent_shorthand
 from agreemate_lib.backends.base import ChatBackend, Completion
-from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 from agreemate_lib.core.scenarios import make_scenario
+from agreemate_lib.negotiation.agents import Agent, AgentSpec, parse_agent_shorthand
+from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 
 
 class Scripted(ChatBackend):
