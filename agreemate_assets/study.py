@@ -21,41 +21,82 @@ from .defs.negotiation.partitions import pair_key, register_agents
 from .lib.resources import StudySettings, build_resources
 
 
+def failure_reasons(res) -> list[str]:
+    """Why a run failed, in words a person can act on: failed blocking checks (with their failed measures) and
+    failed steps (with their error)."""
+    out = []
+    for ev in res.get_asset_check_evaluations():
+        if not ev.passed and ev.severity.value == "ERROR":
+            failed = ev.metadata.get("failed")
+            out.append(f"check {ev.check_name} failed" + (f": {'; '.join(failed.value)}" if failed else ""))
+    for ev in res.all_events:
+        if ev.is_step_failure:
+            err = ev.event_specific_data.error
+            out.append(f"step {ev.step_key} failed: {err.message.strip().splitlines()[-1] if err else '?'}")
+    return out or ["the run failed (see the Dagster UI)"]
+
+
+class StudyFailed(RuntimeError):
+    pass
+
+
 def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple[str, str]], log=print,
               log_level: str = "WARNING", with_reports: bool = False) -> dict:
-    """Run the study's jobs for ``pairs``, each run recorded in ``instance``. Returns {"BUYER|SELLER": success}."""
+    """Run the study's jobs for ``pairs``, each run recorded in ``instance``. Returns {"BUYER|SELLER": success}.
+
+    Setup and agent configs are blocking: a failure there stops the study (:class:`StudyFailed`). A pair whose run
+    or blocking check fails is reported and left out of the metrics; the other pairs go on. ``failures`` (a list
+    of (what, reason)) is attached to the returned dict as ``results.failures``."""
     project = definitions_for(build_resources(study))
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    failures: list[tuple[str, str]] = []
 
-    def run(job_name: str, partition_key=None):
+    def run(job_name: str, partition_key=None, blocking: bool = False):
         res = project.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition_key, raise_on_error=False, run_config=run_config)
         if not res.success:
-            log(f"  run {res.run_id[:8]} of {job_name} for {partition_key or 'unpartitioned'} failed; "
-                "see the Dagster UI")
+            what = f"{job_name}" + (f" [{partition_key}]" if partition_key else "")
+            for reason in failure_reasons(res):
+                failures.append((what, reason))
+                log(f"  FAILED {what} (run {res.run_id[:8]}): {reason}")
+            if blocking:
+                raise StudyFailed(f"{what} failed; the study stops here")
         return res
 
     t0 = time.perf_counter()
-    run("study_setup")
+    run("study_setup", blocking=True)
     roster = load_roster(study.roster_file())
     register_agents(instance, list(roster))
     for agent in sorted({b for b, _ in pairs}):
-        run("buyer_config", agent)
+        run("buyer_config", agent, blocking=True)
     for agent in sorted({s for _, s in pairs}):
-        run("seller_config", agent)
-    results = {}
+        run("seller_config", agent, blocking=True)
+    results = StudyResults()
     for b, s in pairs:
         t = time.perf_counter()
         res = run("study_pair", pair_key(b, s))
         results[f"{b}|{s}"] = res.success
         log(f"  {b} vs {s}: {'ok' if res.success else 'FAILED'} in {time.perf_counter() - t:.0f} s")
-    run("study_metrics")
+    results.metrics_ok = run("study_metrics").success
     if with_reports:
         t = time.perf_counter()
-        run("study_reports")
+        results.reports_ok = run("study_reports").success
         log(f"  evaluation and reports in {time.perf_counter() - t:.0f} s")
+    results.failures = failures
     log(f"study done in {time.perf_counter() - t0:.0f} s")
     return results
+
+
+class StudyResults(dict):
+    """{"BUYER|SELLER": success} plus the study-level outcome."""
+
+    metrics_ok: bool = True
+    reports_ok: bool = True
+    failures: list
+
+    @property
+    def ok(self) -> bool:
+        return all(self.values()) and self.metrics_ok and self.reports_ok and not self.failures
 
 
 def main(argv=None) -> int:
@@ -76,13 +117,22 @@ def main(argv=None) -> int:
     pairs = [tuple(k.split("|")) for k in args.pairs] if args.pairs else default_pairs(study.roster_file())
     print(f"AgreeMate study: {len(pairs)} pairs x {study.n_scenarios} scenarios, up to {study.max_turns} turns; "
           f"instance {os.environ['DAGSTER_HOME']}")
-    results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
+    try:
+        results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
+    except StudyFailed as exc:
+        print(f"\nFAILED: {exc}. Nothing after it ran; see the lines above and the Dagster UI.", file=sys.stderr)
+        return 1
     out = study.results_location()
     print(f"\nresults: {out}/metrics.parquet (table), {out}/negotiation_transcripts/ (one parquet per pair)")
     if not args.no_report:
         print(f"report:  {out}/report/report.html (figures in {out}/figures/)")
     print("browse them: DAGSTER_HOME=dagster_home .venv/bin/dagster dev -h 127.0.0.1 -p 3000   (then open "
           "http://127.0.0.1:3000)")
+    if not results.metrics_ok:
+        print("\nFAILED: the metrics table was not rebuilt; no table is printed (an old one would mislead).",
+              file=sys.stderr)
+        _print_failures(results.failures)
+        return 1
     try:
         import pandas as pd
         from upath import UPath
@@ -92,10 +142,20 @@ def main(argv=None) -> int:
         with (UPath(out) / "metrics.parquet").open("rb") as fh:
             table = pd.read_parquet(fh)
         with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):
-            print(table[["pair", "n", *metric_names()]].to_string(index=False))
+            print(table[["pair", "n", "error_rate", *metric_names()]].to_string(index=False))
     except (OSError, KeyError) as exc:
         print(f"(no metrics table: {exc})")
-    return 0 if all(results.values()) else 1
+    if not results.ok:
+        _print_failures(results.failures)
+        return 1
+    return 0
+
+
+def _print_failures(failures: list[tuple[str, str]]) -> None:
+    print(f"\nFAILED: {len(failures)} problem(s); the pairs concerned are left out of the table above:",
+          file=sys.stderr)
+    for what, reason in failures:
+        print(f"  {what}: {reason}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ class StudySettings(ConfigurableResource):
     replicates: int = 1
     buyer_opens: bool = True
     response_cache: bool = True
-    parse_failure_warn_rate: float = Field(default=0.2, description="warn when more turns than this fail to parse")
     n_boot: int = Field(default=0, description="bootstrap resamples for CIs in asset tables (0: the setting, 2000)")
     probe_transcripts: int = Field(default=24, description="transcripts per probing variant")
 

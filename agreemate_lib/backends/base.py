@@ -60,7 +60,10 @@ class Completion:
     tokens_out: int = 0
     #: True when the reply came out of constrained decoding / server-side structured output.
     structured: bool = False
+    #: The backend failed to produce a reply (raised, timed out, refused): not a reply of the model's.
     error: str | None = None
+    #: The reply hit the token limit before it was complete (the model's reply, but unusable).
+    truncated: bool = False
 
 
 class BackendError(RuntimeError):

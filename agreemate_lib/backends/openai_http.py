@@ -45,6 +45,7 @@ class OpenAIConfig(BackendConfig):
     concurrency: int = Field(8, ge=1)
     timeout_s: float = Field(60.0, gt=0)
     response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    turn_budget_s: float = Field(180.0, gt=0, description="total time for one reply, all tries and backoff included")
 
 
 class OpenAIBackend(ChatBackend):
@@ -63,11 +64,11 @@ class OpenAIBackend(ChatBackend):
         c = spec.backend_config()
         return cls(spec.model, base_url=c.base_url or "", api_key_env=c.api_key_env, api_key=api_key,
                    concurrency=c.concurrency, timeout_s=c.timeout_s, structured=spec.structured,
-                   max_retries=spec.max_retries, response_format=c.response_format)
+                   max_retries=spec.max_retries, response_format=c.response_format, turn_budget_s=c.turn_budget_s)
 
     def __init__(self, model: str, *, base_url: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  timeout_s: float = 60.0, structured: bool = True, max_retries: int = 2, backoff_s: float = 0.5,
-                 response_format: str = "json_schema", api_key: str | None = None):
+                 response_format: str = "json_schema", api_key: str | None = None, turn_budget_s: float = 180.0):
         if response_format not in RESPONSE_FORMATS:
             raise ValueError(f"response_format must be one of {RESPONSE_FORMATS}, got {response_format!r}")
         self.response_format = response_format if structured else "none"
@@ -82,6 +83,7 @@ class OpenAIBackend(ChatBackend):
         self.structured = structured
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.turn_budget_s = turn_budget_s
         self.model_id = f"openai:{model}@{self.base_url}"
 
     def _payload(self, req: ChatRequest, settings: GenerationSettings) -> dict:
@@ -110,46 +112,53 @@ class OpenAIBackend(ChatBackend):
             self.response_format = nxt
 
     async def _one(self, client, sem: asyncio.Semaphore, req: ChatRequest, settings: GenerationSettings) -> Completion:
+        """One reply: transport retries with backoff inside one time budget for the whole turn."""
+        async with sem:
+            try:
+                return await asyncio.wait_for(self._tries(client, req, settings), self.turn_budget_s)
+            except TimeoutError:
+                return Completion("", error=f"no reply within the turn budget of {self.turn_budget_s:g} s "
+                                            f"(timeout {self.timeout_s:g} s a try, {self.max_retries + 1} tries)")
+
+    async def _tries(self, client, req: ChatRequest, settings: GenerationSettings) -> Completion:
         import httpx
 
         last_error = "no attempt made"
-        async with sem:
-            attempt = 0
-            while attempt <= self.max_retries:
-                if attempt:
-                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() * 0.1))
-                attempt += 1
-                used = self.response_format
-                try:
-                    r = await client.post(f"{self.base_url}/chat/completions", json=self._payload(req, settings))
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    last_error = f"{type(exc).__name__}: {exc or 'no detail'}"
-                    continue
-                if r.status_code >= 400 and used != "none" and "response_format" in r.text:
-                    self._downgrade(used, r.text)
-                    attempt -= 1  # the dialect, not the server, was at fault: this try does not count
-                    continue
-                if r.status_code in RETRY_STATUS:
-                    last_error = f"HTTP {r.status_code}: {r.text[:200]}"
-                    continue
-                if r.status_code >= 400:
-                    return Completion("", error=f"HTTP {r.status_code}: {r.text[:300]}")
-                try:
-                    data = r.json()
-                    choice = data["choices"][0]
-                    text = choice["message"].get("content") or ""
-                except (ValueError, KeyError, IndexError, TypeError) as exc:
-                    last_error = f"malformed response: {exc}"
-                    continue
-                if not text.strip():
-                    last_error = "empty completion"
-                    continue
-                if choice.get("finish_reason") == "length" and not text.rstrip().endswith("}"):
-                    last_error = "truncated completion (finish_reason=length)"
-                    continue
-                usage = data.get("usage") or {}
-                return Completion(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
-                                  structured=used != "none")
+        attempt = 0
+        while attempt <= self.max_retries:
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() * 0.1))
+            attempt += 1
+            used = self.response_format
+            try:
+                r = await client.post(f"{self.base_url}/chat/completions", json=self._payload(req, settings))
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last_error = f"{type(exc).__name__}: {exc or 'no detail'}"
+                continue
+            if r.status_code >= 400 and used != "none" and "response_format" in r.text:
+                self._downgrade(used, r.text)
+                attempt -= 1  # the dialect, not the server, was at fault: this try does not count
+                continue
+            if r.status_code in RETRY_STATUS:
+                last_error = f"HTTP {r.status_code}: {r.text[:200]}"
+                continue
+            if r.status_code >= 400:
+                return Completion("", error=f"HTTP {r.status_code}: {r.text[:300]}")
+            try:
+                data = r.json()
+                choice = data["choices"][0]
+                text = choice["message"].get("content") or ""
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                last_error = f"malformed response: {exc}"
+                continue
+            if not text.strip():
+                last_error = "empty completion"
+                continue
+            usage = data.get("usage") or {}
+            # cut off at the token limit: the model's reply, unusable; the agent re-asks (not a server fault)
+            truncated = choice.get("finish_reason") == "length" and not text.rstrip().endswith("}")
+            return Completion(text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)),
+                              structured=used != "none", truncated=truncated)
         return Completion("", error=f"failed after {self.max_retries + 1} tries: {last_error}")
 
     async def agenerate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:

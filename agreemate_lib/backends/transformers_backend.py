@@ -43,6 +43,38 @@ def _attach_forward_timers(model) -> None:
     model._agreemate_forward_stats = stats
 
 
+def request_seed(run_seed: int, key: str) -> int:
+    """The sampling seed of one request: the run's seed and the request key (negotiation, turn, attempt)."""
+    return int(hashlib.sha256(f"{run_seed}|{key}".encode()).hexdigest()[:15], 16)
+
+
+class RowSampler:
+    """A logits processor that samples each row with its own generator (temperature, then nucleus top-p), and
+    leaves only the sampled token: greedy search then takes it. Runs after the structured-decoding mask."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
+        self.generators: list | None = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        logits = scores.float() / max(self.temperature, 1e-5)
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
+            drop = torch.cumsum(sorted_p, dim=-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+        out = torch.full_like(scores, torch.finfo(scores.dtype).min)
+        for row, gen in enumerate(self.generators):
+            choice = torch.multinomial(probs[row], 1, generator=gen)
+            out[row, choice] = 0.0
+        return out
+
+
 def cache_kwarg(model) -> str:
     """The name ``generate`` takes a KV cache under: ``cache`` from transformers 5.2x (``past_key_values`` is
     deprecated there), ``past_key_values`` before."""
@@ -157,18 +189,15 @@ class TransformersBackend(ChatBackend):
 
         t0 = time.perf_counter()  # generate_s covers encoding and the shared-head prefill too
         enc, past, reuse = self._encode(reqs, prompts)
-        seed_src = f"{settings.seed}|" + "|".join(r.key for r in reqs)
-        torch.manual_seed(int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16))
         gen_kwargs: dict = {
             "max_new_tokens": settings.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
             "repetition_penalty": settings.repetition_penalty,
         }
-        if settings.greedy:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            gen_kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        # Greedy search over processed scores; sampling happens in RowSampler, one seeded generator per request, so
+        # a reply depends on its own seed (run seed, negotiation, turn, attempt), not on which rows share the batch.
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         machines = None
         if self.structured:
             machines = [TurnMachine(self.table, r.reply_format) for r in reqs]
@@ -179,6 +208,10 @@ class TransformersBackend(ChatBackend):
         else:
             gen_kwargs["stop_strings"] = ["}"]
             gen_kwargs["tokenizer"] = self.tokenizer
+            gen_kwargs["logits_processor"] = LogitsProcessorList()
+        if not settings.greedy:
+            gen_kwargs["logits_processor"].append(RowSampler([request_seed(settings.seed, r.key) for r in reqs],
+                                                             settings.temperature, settings.top_p))
         if past is None and self.prefix_cache is not None:
             from transformers import DynamicCache
 
@@ -203,12 +236,14 @@ class TransformersBackend(ChatBackend):
             text = self.tokenizer.decode(ids[:n_out], skip_special_tokens=True)
             prefix = assistant_prefix(req.reply_format.cot) if self.structured else ""
             structured = bool(machines and machines[row].complete)
+            truncated = (not machines[row].complete) if machines else ("}" not in text)
             completions.append(
                 Completion(
                     text=prefix + text,
                     tokens_in=int(enc["attention_mask"][row].sum()) - reuse[row],
                     tokens_out=n_out,
                     structured=structured,
+                    truncated=truncated,
                 )
             )
         return completions

@@ -48,7 +48,7 @@ def _cmd_negotiate(args: argparse.Namespace) -> int:
     (out / "checkpoint.jsonl").unlink(missing_ok=True)
     turns = [t for n in negs for t in n.turns]
     ok = sum(t.parse_ok for t in turns)
-    summary = summarize(table, "pair", n_boot=1000).iloc[0].to_dict()
+    summary = summarize(table, "pair").iloc[0].to_dict()
     print(f"\n{len(negs)} negotiations, {len(turns)} turns in {run_s:.1f} s (model load {load_s:.1f} s)")
     print(f"parse success {ok}/{len(turns)} = {ok / max(1, len(turns)):.1%}; structured without fallback "
           f"{sum(t.structured for t in turns)}/{len(turns)}")
@@ -56,13 +56,24 @@ def _cmd_negotiate(args: argparse.Namespace) -> int:
     for m in metric_names():
         print(f"  {m:22s} {summary[m]: .4f}  [{summary[m + '_ci_low']: .4f}, {summary[m + '_ci_high']: .4f}]")
     print(f"wrote {out / 'transcripts.parquet'}, {out / 'negotiations.parquet'}, {out / 'metrics.parquet'}")
+    errors = [n for n in negs if n.outcome == "error"]
+    if errors:  # written and kept out of the metrics above; still a failed run
+        print(f"\nFAILED: {len(errors)} of {len(negs)} negotiations ended in an error (no reply from a backend); "
+              f"they are left out of the metrics (error_rate {summary['error_rate']:.1%}). First: {errors[0].error}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
+    from agreemate_lib.evaluation.paper import PublishedRunError
     from agreemate_lib.evaluation.tables import load_table, summarize, summarize_pairs_then_groups, to_json_records
 
-    table = load_table(args.paths, args.formula)
+    try:
+        table = load_table(args.paths, args.formula)
+    except (ValueError, FileNotFoundError, PublishedRunError) as exc:
+        print(f"agreemate metrics: {exc}", file=sys.stderr)
+        return 2
     if table.empty:
         print("no negotiations found", file=sys.stderr)
         return 1
@@ -78,7 +89,8 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         import pandas as pd
 
         with pd.option_context("display.max_columns", None, "display.width", 200):
-            print(summary[[col, "n", *metric_names()]].to_string(index=False))
+            print(summary[[col, "n", *[c for c in ("error_rate",) if c in summary], *metric_names()]]
+                  .to_string(index=False))
         print(f"formula: {', '.join(sorted(set(table['formula'])))}")
     return 0
 

@@ -31,3 +31,15 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
         fh.write(text)
     os.replace(tmp, path)
     return path
+
+
+def frame_version(df) -> str:
+    """A content hash of a table (every column and row, in order): a data version that changes exactly when the
+    content does."""
+    import hashlib
+
+    import pandas as pd
+
+    h = hashlib.sha256(",".join(map(str, df.columns)).encode())
+    h.update(pd.util.hash_pandas_object(df.astype(str), index=False).values.tobytes())
+    return h.hexdigest()[:16]

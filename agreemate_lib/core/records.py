@@ -35,6 +35,8 @@ class Turn:
     parse_ok: bool = True
     action_known: bool = True
     error: str | None = None
+    #: The backend produced no reply for this turn (it raised, timed out or refused); the negotiation ended here.
+    backend_error: bool = False
     retries: int = 0
     structured: bool = False  # produced by constrained decoding (no free-text fallback needed)
     tokens_in: int = 0
@@ -50,6 +52,7 @@ class Negotiation:
     seed: int
     replicate: int = 0
     turns: list[Turn] = field(default_factory=list)
+    #: accepted | rejected | quit | no_deal | error (a backend failure ended it: not a result, kept out of metrics)
     outcome: str = "no_deal"
     accepted_price: float | None = None
     ended_by: str | None = None  # speaker of the closing turn
@@ -57,6 +60,8 @@ class Negotiation:
     wall_s: float = 0.0
     buyer_cot: bool = False
     seller_cot: bool = False
+    #: What failed, for an ``error`` outcome.
+    error: str | None = None
 
     @property
     def agreed(self) -> bool:
@@ -101,13 +106,14 @@ class Negotiation:
             "wall_s": self.wall_s,
             "buyer_cot": self.buyer_cot,
             "seller_cot": self.seller_cot,
+            "negotiation_error": self.error,
         }
 
     def turn_rows(self) -> list[dict[str, Any]]:
         head = self.summary_row()
         keep = ("negotiation_id", "buyer_id", "seller_id", "scenario_id", "title", "category", "listing_price",
                 "buyer_target", "seller_target", "seed", "replicate", "outcome", "accepted_price", "ended_by",
-                "anomalies", "buyer_cot", "seller_cot")
+                "anomalies", "buyer_cot", "seller_cot", "negotiation_error")
         base = {k: head[k] for k in keep}
         base["description"] = self.scenario.get("description", "")
         base["seller_reservation"] = self.scenario.get("seller_reservation")
@@ -120,6 +126,12 @@ TURN_COLUMNS = (
     "reasoning", "raw_output", "parse_ok", "action_known", "error", "retries", "structured", "tokens_in",
     "tokens_out", "outcome", "accepted_price",
 )
+
+
+#: The columns :func:`frame_to_negotiations` cannot do without.
+REQUIRED_TURN_COLUMNS = ("negotiation_id", "buyer_id", "seller_id", "scenario_id", "listing_price", "buyer_target",
+                         "seller_target", "seed", "turn_index", "speaker", "action", "utterance", "price", "parse_ok",
+                         "action_known", "outcome", "accepted_price")
 
 
 def negotiations_to_frame(negotiations: Sequence[Negotiation]):
@@ -144,6 +156,10 @@ def frame_to_negotiations(df) -> list[Negotiation]:
     import pandas as pd
 
     out: list[Negotiation] = []
+    missing = [c for c in REQUIRED_TURN_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"not a transcript table (one row per turn, as `agreemate negotiate` or the "
+                         f"negotiation_transcripts asset writes): missing columns {', '.join(missing)}")
     if df.empty:
         return out
     for nid, g in df.sort_values(["negotiation_id", "turn_index"]).groupby("negotiation_id", sort=False):
@@ -175,6 +191,7 @@ def frame_to_negotiations(df) -> list[Negotiation]:
                 parse_ok=bool(r["parse_ok"]),
                 action_known=bool(r["action_known"]),
                 error=val(r.get("error")),
+                backend_error=bool(r.get("backend_error", False)),
                 retries=int(r.get("retries", 0)),
                 structured=bool(r.get("structured", False)),
                 tokens_in=int(r.get("tokens_in", 0)),
@@ -199,6 +216,7 @@ def frame_to_negotiations(df) -> list[Negotiation]:
                 anomalies=[a for a in anomalies.split("; ") if a],
                 buyer_cot=bool(first.get("buyer_cot", False)),
                 seller_cot=bool(first.get("seller_cot", False)),
+                error=val(first.get("negotiation_error")),
             )
         )
     return out

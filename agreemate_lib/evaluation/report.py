@@ -19,8 +19,7 @@ from agreemate_lib.evaluation.comparisons import (
     table3,
 )
 from agreemate_lib.evaluation.human import human_negotiations
-from agreemate_lib.evaluation.metrics import metric_names
-from agreemate_lib.evaluation.tables import negotiation_table, summarize
+from agreemate_lib.evaluation.tables import negotiation_table, summarize, with_ci
 
 
 def load_study(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -54,15 +53,6 @@ def _table_html(df: pd.DataFrame, cols: list[str]) -> str:
     return df[cols].to_html(index=False, float_format=lambda x: f"{x:.4f}", na_rep="", border=0, classes="t")
 
 
-def _with_ci(summary: pd.DataFrame, key: str) -> pd.DataFrame:
-    out = summary[[key, "n"]].copy()
-    for m in metric_names():
-        if m in summary:
-            out[m] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "" for v, lo, hi in
-                      zip(summary[m], summary[f"{m}_ci_low"], summary[f"{m}_ci_high"])]
-    return out
-
-
 def build_report(out_dir: str | Path, table: pd.DataFrame, turns: pd.DataFrame,
                  published_dir: str | Path | None = None, human_source: str | None = None,
                  include_human: bool = True, n_boot: int = 2000) -> Path:
@@ -77,7 +67,7 @@ def build_report(out_dir: str | Path, table: pd.DataFrame, turns: pd.DataFrame,
     if len(table):
         summary = summarize(table, "pair", n_boot=n_boot)
         sections.append(("Metrics per pair (mean [95% bootstrap CI])",
-                         _with_ci(summary, "pair").to_html(index=False, border=0, classes="t")))
+                         with_ci(summary, "pair").to_html(index=False, border=0, classes="t")))
         for name, chart in figure_charts(table, turns).items():
             paths = F.save_chart(chart, figdir, name)
             sections.append((name.replace("_", " "), _img(paths["png"]) +
@@ -90,7 +80,7 @@ def build_report(out_dir: str | Path, table: pd.DataFrame, turns: pd.DataFrame,
                          _table_html(t3, ["cot", "n", *TABLE3_METRICS]) + "<p>The paper printed:</p>" +
                          _table_html(paper, ["cot", *TABLE3_METRICS])))
         sections.append(("Table 3, all 36 size x CoT pairs, corrected formulas (mean [95% CI over pairs])",
-                         _with_ci(corrected, "cot").to_html(index=False, border=0, classes="t") +
+                         with_ci(corrected, "cot").to_html(index=False, border=0, classes="t") +
                          "<p>See docs/report_notes.md for which of the paper's conclusions survive.</p>"))
     browser = _browser(turns) if len(turns) else "<p>no transcripts</p>"
     sections.append(("Transcript browser", browser))

@@ -14,11 +14,15 @@ from agreemate_lib.evaluation.paper import detect_paper_variant, is_cot_pair, pa
 
 
 def negotiation_table(negotiations: Sequence[Negotiation], mode: str = "corrected") -> pd.DataFrame:
-    """One row per negotiation: ids, pair, CoT flags, outcome, anomaly counts and every metric."""
+    """One row per negotiation: ids, pair, CoT flags, outcome, anomaly counts and every metric. An ``error``
+    negotiation (a backend failure ended it) keeps its row, with every metric NaN: it is counted, never scored."""
     rows = []
     mode_used = "paper" if mode.startswith("paper") else mode
     for n in negotiations:
-        m = negotiation_metrics(n.to_outcome(), mode_used)  # type: ignore[arg-type]
+        if n.outcome == "error":
+            m = {name: float("nan") for name in metric_names()}
+        else:
+            m = negotiation_metrics(n.to_outcome(), mode_used)  # type: ignore[arg-type]
         s = n.summary_row()
         rows.append({
             "pair": f"{n.buyer_id}+{n.seller_id}",
@@ -34,6 +38,7 @@ def negotiation_table(negotiations: Sequence[Negotiation], mode: str = "correcte
             "fallback_turns": s["fallback_turns"],
             "n_turns": s["n_turns"],
             "anomalies": len(n.anomalies),
+            "error": n.error,
             "formula": mode_used,
         } | m)
     return pd.DataFrame(rows)
@@ -81,21 +86,31 @@ def load_table(paths: Iterable[str | Path], mode: str = "corrected") -> pd.DataF
         elif p.suffix == ".csv":
             frames.append(published_table(p, mode))
         elif p.suffix == ".parquet":
-            frames.append(negotiation_table(frame_to_negotiations(pd.read_parquet(p)), mode))
+            try:
+                frames.append(negotiation_table(frame_to_negotiations(pd.read_parquet(p)), mode))
+            except ValueError as exc:
+                raise ValueError(f"{p}: {exc}") from None
         else:
             raise ValueError(f"{p}: expected a .csv (AgreeMate layout) or a .parquet transcript table")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def summarize(table: pd.DataFrame, by: str | list[str] = "pair", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Mean and bootstrap 95% CI of every metric per group, pooled over negotiations."""
+    """Mean and bootstrap 95% CI of every metric per group, pooled over the negotiations that ended with a result.
+
+    ``error`` negotiations (no reply from a backend) are left out of every metric: ``n`` counts the scored
+    negotiations, ``n_error`` the others, ``error_rate`` = n_error / (n + n_error)."""
     keys = [by] if isinstance(by, str) else by
     rows = []
-    for key, g in table.groupby(keys, sort=True):
+    for key, g_all in table.groupby(keys, sort=True):
+        errors = g_all["outcome"].eq("error") if "outcome" in g_all else pd.Series(False, index=g_all.index)
+        g = g_all[~errors]
         agg = aggregate(g.to_dict("records"), n_boot=n_boot, seed=seed)
         label = key if isinstance(key, tuple) else (key,)
         row = dict(zip(keys, label))
         row["n"] = int(agg.pop("n"))
+        row["n_error"] = int(errors.sum())
+        row["error_rate"] = float(errors.mean()) if len(g_all) else 0.0
         row["parse_failure_rate"] = float(g["parse_failures"].sum() / max(1, g["n_turns"].sum()))
         row["anomaly_rate"] = float((g["anomalies"] > 0).mean())
         rows.append(row | agg)
@@ -124,4 +139,14 @@ def to_json_records(summary: pd.DataFrame, group_col: str) -> list[dict]:
             g = "cot" if g else "no-cot"
         clean = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in rec.items()}
         out.append({"group": g} | clean)
+    return out
+
+
+def with_ci(summary: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Each metric as "mean [low, high]" (95% bootstrap CI), beside the counts: tables a person reads."""
+    out = summary[[key, "n", *[c for c in ("error_rate",) if c in summary]]].copy()
+    for m in metric_names():
+        if m in summary:
+            out[m] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "" for v, lo, hi in
+                      zip(summary[m], summary[f"{m}_ci_low"], summary[f"{m}_ci_high"])]
     return out

@@ -36,12 +36,12 @@ class AgentSpec(BaseModel):
     adapter: Optional[str] = None
     personality: str = ""
     cot: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 96
-    repetition_penalty: float = 1.1
-    max_utterance_tokens: int = 60
-    max_reasoning_tokens: int = 80
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(96, ge=1)
+    repetition_penalty: float = Field(1.1, gt=0.0)
+    max_utterance_tokens: int = Field(60, ge=1)
+    max_reasoning_tokens: int = Field(80, ge=1)
     structured: bool = True
     max_retries: int = Field(2, ge=0, le=10)
     #: The backend's own settings (validated by its ``Config``; defaults filled in).
@@ -213,12 +213,18 @@ class Agent:
         return out
 
     def act(self, states: list[TurnState], seed: int) -> list[tuple[ParsedTurn, dict[str, Any]]]:
-        """One turn for every state: (parsed turn, provenance) pairs, in order. Never raises for a bad reply."""
+        """One turn for every state: (parsed turn, provenance) pairs, in order. Never raises.
+
+        Two kinds of failure, kept apart: an **unusable reply** (cut off, unparseable, an unknown act) is re-asked
+        up to ``max_retries`` times and then recorded as a parse failure; a **backend failure** (the backend raised,
+        or returned an error after its own transport retries and time budget) is not re-asked here (one retry layer)
+        and comes back with ``info["backend_error"]`` set, which ends the negotiation as ``error``."""
         reqs = self.requests_for(states)
         results: list[tuple[ParsedTurn, dict[str, Any]] | None] = [None] * len(reqs)
         pending = list(range(len(reqs)))
         attempt = 0
-        info = [{"raw": "", "retries": 0, "tokens_in": 0, "tokens_out": 0, "structured": False} for _ in reqs]
+        info = [{"raw": "", "retries": 0, "tokens_in": 0, "tokens_out": 0, "structured": False,
+                 "backend_error": False} for _ in reqs]
         while pending:
             batch = [reqs[i] for i in pending]
             for r in batch:
@@ -229,22 +235,29 @@ class Agent:
                 comps = None
                 err = f"{type(exc).__name__}: {exc}"
             still = []
+            if comps is not None and len(comps) != len(batch):
+                comps, err = None, f"backend returned {len(comps)} replies for {len(batch)} requests"
             for k, i in enumerate(pending):
-                if comps is None:
-                    parsed = ParsedTurn("unknown", "", None, None, ok=False, error=err, action_known=False)
-                    c_text, c_struct = "", False
+                c_text, c_struct = "", False
+                if comps is None or comps[k].error:
+                    failure = err if comps is None else comps[k].error
+                    parsed = ParsedTurn("unknown", "", None, None, ok=False, error=failure, action_known=False)
+                    info[i]["backend_error"] = True
                 else:
                     c = comps[k]
                     info[i]["tokens_in"] += c.tokens_in
                     info[i]["tokens_out"] += c.tokens_out
                     c_text, c_struct = c.text, c.structured
-                    parsed = (parse_turn(c.text) if not c.error else
-                              ParsedTurn("unknown", "", None, None, ok=False, error=c.error, action_known=False))
+                    parsed = parse_turn(c.text)
+                    if c.truncated and parsed.ok:
+                        parsed = ParsedTurn(parsed.action, parsed.utterance, None, parsed.reasoning, ok=False,
+                                            error="reply cut off at the token limit",
+                                            action_known=parsed.action_known, raw_action=parsed.raw_action)
                 info[i]["raw"] = c_text
                 info[i]["structured"] = c_struct and parsed.ok
                 info[i]["retries"] = attempt
                 results[i] = (parsed, info[i])
-                if not parsed.ok and attempt < self.spec.max_retries:
+                if not parsed.ok and not info[i]["backend_error"] and attempt < self.spec.max_retries:
                     still.append(i)
                     reqs[i].messages = reqs[i].messages + [
                         {"role": "assistant", "content": c_text or "(no reply)"},

@@ -72,12 +72,16 @@ def _balanced_objects(text: str) -> list[str]:
             depth -= 1
             if depth == 0:
                 objs.append(text[start : i + 1])
-    if depth > 0 and start >= 0:  # truncated object: try to close it
+    if depth > 0 and start >= 0:  # truncated object: closed here so its fields can be read (and reported)
         tail = text[start:]
         if quote:
             tail += quote
-        objs.append(tail + "}" * depth)
+        objs.append(tail + "}" * depth + TRUNCATED_MARK)
     return objs
+
+
+#: Appended to a candidate object that :func:`_balanced_objects` had to close itself.
+TRUNCATED_MARK = "\x00truncated"
 
 
 def _load_object(s: str) -> dict[str, Any] | None:
@@ -127,9 +131,11 @@ def _labelled_fields(text: str) -> dict[str, Any]:
 def parse_turn(raw_text: str) -> ParsedTurn:
     """Parse a model reply into (action, utterance, price, reasoning).
 
-    Accepts JSON (possibly in code fences, with single quotes, trailing commas or trailing text, or truncated),
-    or ``Action: ... / Utterance: ... / Price: ...`` lines. A price is taken from the ``price`` field, else from
-    the utterance (with or without ``$``). Never raises: failures come back with ``ok=False`` and ``error`` set.
+    Accepts JSON (possibly in code fences, with single quotes, trailing commas or trailing text), or ``Action: ...
+    / Utterance: ... / Price: ...`` lines. A price is taken from the ``price`` field, else from the utterance (with or
+    without ``$``). Never raises: failures come back with ``ok=False`` and ``error`` set. Unusable replies are
+    failures with no price: a JSON object cut off before it closes, an action outside the vocabulary, a priced act
+    without a price, an empty utterance.
     """
     if raw_text is None or not str(raw_text).strip():
         return ParsedTurn("unknown", "", None, None, ok=False, error="empty reply", action_known=False)
@@ -139,10 +145,13 @@ def parse_turn(raw_text: str) -> ParsedTurn:
     for fence in _FENCE_RE.findall(text):
         candidates.extend(_balanced_objects(fence))
     candidates.extend(_balanced_objects(text))
+    truncated = False
     for cand in candidates:
-        obj = _load_object(cand)
+        cut = cand.endswith(TRUNCATED_MARK)
+        obj = _load_object(cand.removesuffix(TRUNCATED_MARK))
         if obj is None:
             continue
+        truncated = cut
         has_action, action = _pick(obj, "action")
         if not has_action:
             continue
@@ -175,8 +184,10 @@ def parse_turn(raw_text: str) -> ParsedTurn:
     if price is None and error is None and action in PRICED_ACTS:
         price = price_from_utterance(utterance)
     ok = error is None
-    if ok and not known:
-        error = f"action {raw_action!r} is not in the vocabulary"
+    if truncated:  # "... Would you take 2" is not an offer of $2: a cut-off reply is unusable
+        ok, error, price = False, "reply cut off before its JSON object closed", None
+    if ok and not known:  # an invented act ("haggle") is unusable: no price the other side could accept
+        ok, error, price = False, f"action {raw_action!r} is not in the vocabulary", None
     if ok and action in PRICED_ACTS and price is None:
         ok, error = False, f"action {action!r} needs a price but none was given"
     if ok and not utterance and action not in ("accept", "reject", "quit"):

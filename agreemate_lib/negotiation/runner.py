@@ -5,6 +5,8 @@ Termination rules (see docs/metrics.md):
   accept with no standing offer from the other side ends it with no deal and the anomaly ``accept_without_offer``.
 - ``reject`` / ``quit`` end it with no deal (outcome ``rejected`` / ``quit``).
 - Reaching ``max_turns`` ends it with no deal (outcome ``no_deal``).
+- A backend failure (no reply: the backend raised, timed out or refused) ends it as ``error``: not a result; it is
+  kept out of every metric and counted in ``error_rate``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def _make_turn(index: int, speaker: str, parsed, info: dict[str, Any]) -> Turn:
         parse_ok=parsed.ok,
         action_known=parsed.action_known,
         error=parsed.error,
+        backend_error=info.get("backend_error", False),
         retries=info["retries"],
         structured=info["structured"],
         tokens_in=info["tokens_in"],
@@ -133,6 +136,11 @@ def _step(agents: dict[str, Agent], live: list[_Live], cfg: RunConfig, turn_inde
     still = []
     for lv, (parsed, info) in zip(live, results):
         turn = _make_turn(len(lv.neg.turns), role, parsed, info)
+        if turn.backend_error:  # a failure is never an outcome: the negotiation ends as an error, out of metrics
+            lv.neg.turns.append(turn)
+            lv.neg.outcome, lv.neg.error = "error", f"{role} turn {turn.index}: {turn.error}"
+            lv.neg.wall_s = time.perf_counter() - lv.started
+            continue
         if not parsed.ok:
             lv.neg.anomalies.append(f"parse_failure@turn{turn.index}")
         if apply_turn(lv.neg, turn, cfg.max_turns):
@@ -142,18 +150,48 @@ def _step(agents: dict[str, Agent], live: list[_Live], cfg: RunConfig, turn_inde
     return still
 
 
-def load_checkpoint(path: Path) -> dict[str, Negotiation]:
-    """Finished negotiations saved by an earlier (interrupted) run."""
+def checkpoint_header(buyer: Agent, seller: Agent, cfg: RunConfig, scenarios: Sequence[Scenario]) -> dict:
+    """What a checkpoint's negotiations were produced with: both agents' config hashes, the run settings and the
+    scenarios' content. A checkpoint whose header differs is never reused."""
+    import hashlib
+
+    content = json.dumps([sc.to_dict() for sc in scenarios], sort_keys=True, default=str)
+    return {"buyer": buyer.spec.config_hash(), "seller": seller.spec.config_hash(),
+            "run": {k: v for k, v in asdict(cfg).items() if k != "mode"},
+            "scenarios": hashlib.sha256(content.encode()).hexdigest()[:16]}
+
+
+def load_checkpoint(path: Path, header: dict | None = None, log: Callable[[str], None] | None = None
+                    ) -> dict[str, Negotiation]:
+    """Finished negotiations saved by an earlier (interrupted) run with the same ``header``. A checkpoint written
+    under other settings (or without a header) is set aside (renamed ``*.stale``), never reused; a torn last line
+    from a crash is skipped; ``error`` negotiations are not reused (they are run again)."""
     done: dict[str, Negotiation] = {}
     if not path.is_file():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = None
+    if lines:
+        try:
+            first = json.loads(lines[0]).get("header")
+        except (json.JSONDecodeError, AttributeError):
+            first = None
+    if header is not None and first != header:
+        stale = path.with_name(path.name + ".stale")
+        path.replace(stale)
+        if log:
+            log(f"checkpoint {path} was written with other settings ({first} != {header}); set aside as {stale}, "
+                "not reused")
+        return done
+    for line in lines[1:] if first is not None else lines:
         if not line.strip():
             continue
         try:
             d = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line from a crash
+        if "header" in d or d.get("outcome") == "error":
+            continue
         d["turns"] = [Turn(**t) for t in d["turns"]]
         done[d["negotiation_id"]] = Negotiation(**d)
     return done
@@ -167,16 +205,22 @@ def run_negotiations(
     progress: bool = False,
     checkpoint: str | Path | None = None,
     on_finished: Callable[[Negotiation], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[Negotiation]:
     """Run every scenario (times ``cfg.replicates``) between ``buyer`` and ``seller``.
 
     Batched mode advances all negotiations in lockstep (one generation call per side per turn, finished dialogues
     dropped); naive mode runs one dialogue at a time with one call per turn, as the paper did. With ``checkpoint``,
-    each finished negotiation is appended to that JSON-lines file and a rerun skips the ones already there.
+    each finished negotiation is appended to that JSON-lines file (after a header of the agents' config hashes, the
+    run settings and the scenarios' content) and a rerun with the same header skips the ones already there.
     """
     agents = {"buyer": buyer, "seller": seller}
     ckpt = Path(checkpoint) if checkpoint else None
-    done = load_checkpoint(ckpt) if ckpt else {}
+    header = checkpoint_header(buyer, seller, cfg, scenarios)
+    done = load_checkpoint(ckpt, header, log=log) if ckpt else {}
+    if ckpt and not ckpt.is_file():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
     all_negs: list[Negotiation] = []
     todo: list[_Live] = []
     for rep in range(cfg.replicates):
@@ -200,8 +244,7 @@ def run_negotiations(
         nid = lv.neg.negotiation_id
         buyer.backend.release([f"{nid}|buyer"])
         seller.backend.release([f"{nid}|seller"])
-        if ckpt:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if ckpt and lv.neg.outcome != "error":  # an error is run again on resume, never restored
             with ckpt.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(asdict(lv.neg), default=str) + "\n")
         if on_finished:

@@ -8,10 +8,15 @@ import pandas as pd
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset, observable_source_asset
 
 from agreemate_lib.core import settings as lib_settings
+from agreemate_lib.core.io import frame_version
 from agreemate_lib.core.scenarios import sample_scenarios
 
 from ...lib.metadata import md_table
 from ...lib.resources import StudySettings
+from ...lib.versions import source_version
+
+#: Derived from the source that defines these assets (see agreemate_assets/lib/versions.py).
+CODE_VERSION = source_version(__name__, "agreemate_lib.core")
 
 
 @observable_source_asset(group_name="data", description="Craigslist Bargains (He et al. 2018), HF JSON lines.")
@@ -27,7 +32,7 @@ def craigslist_raw() -> DataVersion:
     return DataVersion(h.hexdigest()[:16])
 
 
-@asset(group_name="data", deps=[craigslist_raw], code_version="1", kinds={"pandas", "parquet"},
+@asset(group_name="data", deps=[craigslist_raw], code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        description="The seeded scenario sample every model pair negotiates over, with the study's run settings.")
 def scenarios(context: AssetExecutionContext, study: StudySettings) -> Output[pd.DataFrame]:
     sset = sample_scenarios(study.split, study.n_scenarios, study.seed, source=study.source())
@@ -35,10 +40,11 @@ def scenarios(context: AssetExecutionContext, study: StudySettings) -> Output[pd
     run_settings = {"max_turns": study.max_turns, "replicates": study.replicates, "buyer_opens": study.buyer_opens,
                     "seed": study.seed}
     df["run_settings"] = json.dumps(run_settings, sort_keys=True)
-    version = hashlib.sha256((df["scenario_id"].str.cat(sep=",") + df["run_settings"].iloc[0]).encode()).hexdigest()
+    version = frame_version(df)  # the content: ids, listings, targets and run settings
     for d in sset.dropped[:20]:
         context.log.warning(f"dropped {d}")
-    return Output(df, data_version=DataVersion(version[:16]), metadata={
+    return Output(df, data_version=DataVersion(version), metadata={
+        "content_version": version,
         "count": len(df),
         "categories": MetadataValue.json(df["category"].value_counts().to_dict()),
         "price_range": f"${df['listing_price'].min():,.2f} .. ${df['listing_price'].max():,.2f}",

@@ -20,47 +20,114 @@ from dagster import (
 from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.core.records import frame_to_negotiations
 from agreemate_lib.evaluation.metrics import metric_names
-from agreemate_lib.evaluation.tables import negotiation_table, summarize
+from agreemate_lib.evaluation.tables import negotiation_table, summarize, with_ci
 
 from ...lib.metadata import md_table
 from ...lib.resources import ResultsStore, StudySettings
+from ...lib.versions import source_version
 from ..negotiation.partitions import pair_partitions
 
+#: Derived from the source that defines these assets (see agreemate_assets/lib/versions.py).
+CODE_VERSION = source_version(
+    __name__, "agreemate_lib.core", "agreemate_lib.evaluation", "agreemate_lib.negotiation.roster")
 
-@asset(group_name="evaluation", partitions_def=pair_partitions, code_version="1", kinds={"pandas", "parquet"},
+
+@asset(group_name="evaluation", partitions_def=pair_partitions, code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        automation_condition=AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed(),
        description="Every metric of every negotiation of one model pair (corrected formulas; see docs/metrics.md).")
 def negotiation_metrics(context: AssetExecutionContext, study: StudySettings,
                         negotiation_transcripts: pd.DataFrame) -> Output[pd.DataFrame]:
     table = negotiation_table(frame_to_negotiations(negotiation_transcripts))
+    for col in PROVENANCE:  # what the transcripts were produced from
+        table[col] = negotiation_transcripts[col].iloc[0] if col in negotiation_transcripts and len(table) else None
     summary = summarize(table, "pair", n_boot=study.bootstrap_resamples()).iloc[0].to_dict() if len(table) else {}
     return Output(table, metadata={
         "negotiations": len(table),
+        "error_rate": float(summary.get("error_rate", 0.0)),
         **{m: float(summary.get(m, float("nan"))) for m in metric_names()},
         "parse_failure_rate": float(summary.get("parse_failure_rate", 0.0)),
     })
 
 
-@asset(group_name="evaluation", code_version="1", kinds={"pandas", "parquet"},
-       ins={"negotiation_metrics": AssetIn("negotiation_metrics", metadata={"allow_missing_partitions": True})},
-       description="Every negotiation of every materialized model pair, one row each with every metric.")
-def metrics_by_negotiation(negotiation_metrics: dict[str, pd.DataFrame]) -> Output[pd.DataFrame]:
-    frames = [negotiation_metrics[k] for k in sorted(negotiation_metrics)]
+PROVENANCE = ("buyer_config_hash", "seller_config_hash", "scenarios_version")
+
+
+def latest_check_passed(instance, partition: str) -> bool | None:
+    """Whether the latest ``transcripts_valid`` evaluation of a pair passed (None: never evaluated)."""
+    from dagster import AssetCheckKey, AssetKey
+    from dagster._core.event_api import PartitionKeyFilter
+
+    key = AssetCheckKey(AssetKey("negotiation_transcripts"), "transcripts_valid")
+    recs = instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=1, partition_filter=PartitionKeyFilter(key=partition))
+    if not recs:
+        return None
+    ev = recs[0].event
+    data = ev.dagster_event.event_specific_data if ev and ev.dagster_event else None
+    return bool(getattr(data, "passed", False))
+
+
+def current_pairs(instance, study: StudySettings, scenarios: pd.DataFrame,
+                  tables: dict[str, pd.DataFrame]) -> tuple[list[str], list[dict]]:
+    """(pairs to score, pairs left out with the reason): only pairs of the current roster, whose latest transcripts
+    passed the blocking check, produced from the agents' current configs and the current scenarios."""
+    from agreemate_lib.core.io import frame_version
+    from agreemate_lib.negotiation.roster import load_roster
+
+    roster = load_roster(study.roster_file())
+    hashes = {a: spec.config_hash() for a, spec in roster.items()}
+    version = frame_version(scenarios)
+    keep, left_out = [], []
+    for key in sorted(tables):
+        b, s = str(key).split("|")
+        t = tables[key]
+        first = t.iloc[0] if len(t) else {}
+        if b not in roster or s not in roster:
+            reason = f"{b if b not in roster else s} is not an enabled agent of the roster"
+        elif latest_check_passed(instance, str(key)) is False:
+            reason = "its latest transcripts failed the blocking check transcripts_valid"
+        elif first.get("buyer_config_hash") != hashes[b] or first.get("seller_config_hash") != hashes[s]:
+            reason = "stale: an agent's config changed since it was negotiated"
+        elif first.get("scenarios_version") != version:
+            reason = "stale: the scenarios changed since it was negotiated"
+        else:
+            keep.append(key)
+            continue
+        left_out.append({"pair": str(key), "reason": reason})
+    return keep, left_out
+
+
+@asset(group_name="evaluation", code_version=CODE_VERSION, kinds={"pandas", "parquet"},
+       ins={"negotiation_metrics": AssetIn("negotiation_metrics", metadata={"allow_missing_partitions": True}),
+            "scenarios": AssetIn("scenarios")},
+       description="Every negotiation of every current model pair, one row each with every metric. Current: both "
+                   "agents in the roster, the latest transcripts passed the blocking check, negotiated from the "
+                   "agents' current configs and the current scenarios; the others are listed with the reason.")
+def metrics_by_negotiation(context: AssetExecutionContext, study: StudySettings, scenarios: pd.DataFrame,
+                           negotiation_metrics: dict[str, pd.DataFrame]) -> Output[pd.DataFrame]:
+    keep, left_out = current_pairs(context.instance, study, scenarios, negotiation_metrics)
+    for item in left_out:
+        context.log.warning(f"left out {item['pair']}: {item['reason']}")
+    frames = [negotiation_metrics[k] for k in keep]
     per_neg = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Output(per_neg, metadata={"pairs": len(frames), "negotiations": len(per_neg)})
+    return Output(per_neg, metadata={
+        "pairs": len(frames), "negotiations": len(per_neg), "pairs_left_out": len(left_out),
+        "left_out": MetadataValue.md(md_table(pd.DataFrame(left_out)) if left_out else "none"),
+    })
 
 
-@asset(group_name="evaluation", code_version="1", kinds={"pandas", "parquet"},
+@asset(group_name="evaluation", code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        description="All metrics with bootstrap 95% CIs, one row per materialized model pair.")
 def metrics(study: StudySettings, metrics_by_negotiation: pd.DataFrame) -> Output[pd.DataFrame]:
     per_neg = metrics_by_negotiation
     table = summarize(per_neg, "pair", n_boot=study.bootstrap_resamples()) if len(per_neg) else \
-        pd.DataFrame(columns=["pair", "n", *metric_names()])
-    cols = ["pair", "n", *metric_names()]
+        pd.DataFrame(columns=["pair", "n", "n_error", "error_rate", *metric_names()])
+    cols = ["pair", "n", "error_rate", *metric_names()]
     return Output(table, metadata={
         "pairs": len(table),
         "negotiations": len(per_neg),
-        "table": MetadataValue.md(md_table(table[cols]) if len(table) else "no pair materialized yet"),
+        "table": MetadataValue.md(md_table(with_ci(table, "pair")) if len(table) else "no pair materialized yet"),
+        "means": MetadataValue.md(md_table(table[cols]) if len(table) else "no pair materialized yet"),
     })
 
 
@@ -79,7 +146,7 @@ def _published_files() -> list[Path]:
     return sorted(f for f in d.glob("*.csv") if not f.stem.endswith("_updated"))
 
 
-@asset(group_name="evaluation", code_version="1", kinds={"csv", "parquet"},
+@asset(group_name="evaluation", code_version=CODE_VERSION, kinds={"csv", "parquet"},
        description="The 90 published AgreeMate CSVs (Llama 3B/8B/70B) as their own pairs (agent ids prefixed "
                    "published-): per-negotiation metrics in both formula modes.")
 def published_runs() -> Output[pd.DataFrame]:
@@ -97,7 +164,7 @@ def published_runs() -> Output[pd.DataFrame]:
                                    "pairs": int(table["pair"].nunique())})
 
 
-@asset(group_name="evaluation", code_version="1", kinds={"csv", "parquet"},
+@asset(group_name="evaluation", code_version=CODE_VERSION, kinds={"csv", "parquet"},
        check_specs=[AssetCheckSpec("published_runs_findings", asset="published_run_transcripts",
                                    description="The transcript contract applied to the paper's runs (warn)")],
        description="The published runs' negotiations as turn tables in our transcript layout, with what the "
@@ -111,7 +178,7 @@ def published_run_transcripts():
     negs = [n for f in _published_files() for n in published_negotiations(f)]
     turns = negotiations_to_frame(negs)
     yield Output(turns, metadata={"negotiations": len(negs), "turns": len(turns)})
-    errors, warnings = transcript_outcomes(turns, max_turns=15, warn_rate=1.0)
+    errors, warnings = transcript_outcomes(turns, max_turns=15)
     no_price = sum(1 for n in negs if n.outcome == "accepted" and n.accepted_price is None)
     yield AssetCheckResult(
         check_name="published_runs_findings", asset_key="published_run_transcripts", passed=not (errors or warnings),
@@ -135,7 +202,7 @@ def published_deals_outside_targets(published_runs: pd.DataFrame) -> AssetCheckR
                                                                      .to_dict("records"))})
 
 
-@asset(group_name="evaluation", deps=["craigslist_raw"], code_version="1", kinds={"pandas", "parquet"},
+@asset(group_name="evaluation", deps=["craigslist_raw"], code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        description="Human-human Craigslist Bargains dialogues (validation split, annotated intents and prices) "
                    "scored with the same metrics, as the pair human+human.")
 def human_baseline(study: StudySettings) -> Output[pd.DataFrame]:
@@ -149,7 +216,7 @@ def human_baseline(study: StudySettings) -> Output[pd.DataFrame]:
     })
 
 
-@asset(group_name="evaluation", deps=[published_runs], code_version="1", kinds={"pandas", "parquet"},
+@asset(group_name="evaluation", deps=[published_runs], code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        description="The paper's Table 3 (CoT vs no-CoT) reproduced with the paper's formulas and list, and over "
                    "all 36 size x CoT pairs with corrected formulas and CIs.")
 def table3(study: StudySettings) -> Output[pd.DataFrame]:
@@ -194,7 +261,7 @@ def _labels(pair_ids: pd.DataFrame, roster: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@asset(group_name="evaluation", code_version="1", kinds={"pandas", "parquet"},
+@asset(group_name="evaluation", code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        description="The paper's group tables (personality pairs, CoT vs no-CoT, sizes) over our pairs and the "
                    "published pairs: means over pairs and pooled over negotiations, with CIs; and paired "
                    "comparisons of pairs that share an opponent, on the same scenarios (paired_comparisons.parquet "

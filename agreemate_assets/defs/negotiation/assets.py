@@ -4,7 +4,6 @@ import time
 
 import pandas as pd
 from dagster import (
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AutomationCondition,
@@ -16,6 +15,7 @@ from dagster import (
 )
 
 from agreemate_lib.backends.registry import make_backend
+from agreemate_lib.core.io import frame_version
 from agreemate_lib.core.records import negotiations_to_frame
 from agreemate_lib.core.scenarios import Scenario
 from agreemate_lib.negotiation.agents import Agent, AgentSpec
@@ -24,11 +24,16 @@ from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 
 from ...lib.metadata import md_table, transcript_markdown
 from ...lib.resources import InferenceServer, StudySettings
-from .checks import TRANSCRIPT_CHECK_NAME, validate_transcripts
+from ...lib.versions import source_version
+from .checks import TRANSCRIPT_CHECKS, validate_transcripts
 from .partitions import buyer_agents_partitions, pair_partitions, register_agents, seller_agents_partitions
 
+#: Derived from the source that defines these assets (see agreemate_assets/lib/versions.py).
+CODE_VERSION = source_version(
+    __name__, "agreemate_lib.core", "agreemate_lib.negotiation", "agreemate_lib.backends")
 
-@asset(group_name="negotiation", code_version="1", kinds={"yaml", "parquet"},
+
+@asset(group_name="negotiation", code_version=CODE_VERSION, kinds={"yaml", "parquet"},
        description="The agents declared in the roster file, with the content hash of each one's full config. "
                    "Materializing it registers every agent as a partition.")
 def agent_roster(context: AssetExecutionContext, study: StudySettings) -> Output[pd.DataFrame]:
@@ -54,7 +59,7 @@ def _agent_config(context: AssetExecutionContext, study: StudySettings) -> Outpu
                             "config": MetadataValue.json(spec.model_dump())})
 
 
-@asset(group_name="negotiation", partitions_def=buyer_agents_partitions, deps=[agent_roster], code_version="1",
+@asset(group_name="negotiation", partitions_def=buyer_agents_partitions, deps=[agent_roster], code_version=CODE_VERSION,
        io_manager_key="json_io_manager", kinds={"json"},
        description="One agent's config as a buyer. Its data version is the config's content hash, so only the "
                    "transcripts of pairs with this buyer become stale when it changes.")
@@ -62,7 +67,8 @@ def buyer_agent_config(context: AssetExecutionContext, study: StudySettings) -> 
     return _agent_config(context, study)
 
 
-@asset(group_name="negotiation", partitions_def=seller_agents_partitions, deps=[agent_roster], code_version="1",
+@asset(group_name="negotiation", partitions_def=seller_agents_partitions, deps=[agent_roster],
+       code_version=CODE_VERSION,
        io_manager_key="json_io_manager", kinds={"json"},
        description="One agent's config as a seller (see buyer_agent_config).")
 def seller_agent_config(context: AssetExecutionContext, study: StudySettings) -> Output[dict]:
@@ -105,11 +111,9 @@ BY_SELLER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="sel
         "buyer_config": AssetIn("buyer_agent_config", partition_mapping=BY_BUYER),
         "seller_config": AssetIn("seller_agent_config", partition_mapping=BY_SELLER),
     },
-    check_specs=[AssetCheckSpec(TRANSCRIPT_CHECK_NAME, asset="negotiation_transcripts", blocking=True,
-                                description="GX: actions in the vocabulary, prices sane, deals priced, turn limit, "
-                                            "parse failures below the threshold")],
+    check_specs=TRANSCRIPT_CHECKS,
     automation_condition=TRANSCRIPTS_AUTOMATION,
-    code_version="1",
+    code_version=CODE_VERSION,
     kinds={"pytorch", "parquet"},
     description="Every scenario negotiated by one buyer agent and one seller agent: one parquet row per turn.",
 )
@@ -122,26 +126,33 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
     cfg = RunConfig(max_turns=run_settings["max_turns"], buyer_opens=run_settings["buyer_opens"],
                     seed=run_settings["seed"], replicates=run_settings["replicates"])
 
-    def backend_for(spec: AgentSpec):
-        backend = make_backend(spec, api_key=inference_server.api_key or None)
-        if study.response_cache:
-            from agreemate_lib.backends.cache import CachedBackend, ResponseCache
+    cache = None
+    if study.response_cache:
+        from agreemate_lib.backends.cache import CachedBackend, ResponseCache
 
-            backend = CachedBackend(backend, ResponseCache(study.work_path() / "response_cache.sqlite"))
-        return backend
+        cache = ResponseCache(study.work_path() / "response_cache.sqlite", log=context.log.warning)
+
+    def cached(spec: AgentSpec, backend):
+        return CachedBackend(backend, cache, namespace=spec.config_hash()) if cache is not None else backend
 
     from agreemate_lib.negotiation.estimates import estimate_workload
 
     estimate = estimate_workload(scen, buyer_spec, seller_spec, cfg)
     context.log.info(f"estimate (upper bounds) for {buyer_id}|{seller_id}: {estimate}")
     t0 = time.perf_counter()
-    buyer_backend = backend_for(buyer_spec)
-    seller_backend = buyer_backend if buyer_spec.shares_weights_with(seller_spec) else backend_for(seller_spec)
-    buyer, seller = Agent(buyer_spec, buyer_backend), Agent(seller_spec, seller_backend)
+    buyer_backend = make_backend(buyer_spec, api_key=inference_server.api_key or None)
+    seller_backend = buyer_backend if buyer_spec.shares_weights_with(seller_spec) else \
+        make_backend(seller_spec, api_key=inference_server.api_key or None)
+    buyer = Agent(buyer_spec, cached(buyer_spec, buyer_backend))
+    seller = Agent(seller_spec, cached(seller_spec, seller_backend))
     ckpt = study.work_path() / "checkpoints" / f"{buyer_id}+{seller_id}.jsonl"
-    negs = run_negotiations(scen, buyer, seller, cfg, checkpoint=ckpt)
+    negs = run_negotiations(scen, buyer, seller, cfg, checkpoint=ckpt, log=context.log.warning)
     wall = time.perf_counter() - t0
     df = negotiations_to_frame(negs)
+    # provenance in every row: what these negotiations were produced from (metrics use it to leave stale pairs out)
+    df["buyer_config_hash"] = buyer_spec.config_hash()
+    df["seller_config_hash"] = seller_spec.config_hash()
+    df["scenarios_version"] = frame_version(scenarios)
 
     turns = len(df)
     agreed = sum(n.agreed for n in negs)
@@ -150,7 +161,8 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
     if negs and negs[0].turns:
         first = df[df["negotiation_id"] == negs[0].negotiation_id]
         preview = transcript_markdown(first, negs[0].scenario.get("title", ""))
-    cache = {b.id: (getattr(b.backend, "hits", None), getattr(b.backend, "misses", None)) for b in (buyer, seller)}
+    cache_stats = {b.id: (getattr(b.backend, "hits", None), getattr(b.backend, "misses", None))
+                   for b in (buyer, seller)}
     yield Output(df, metadata={
         "negotiations": len(negs),
         "turns": turns,
@@ -160,10 +172,11 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
         "tokens_in": int(df["tokens_in"].sum()) if turns else 0,
         "tokens_out": int(df["tokens_out"].sum()) if turns else 0,
         "wall_s": round(wall, 2),
-        "response_cache_hits_misses": MetadataValue.json(cache),
+        "response_cache_hits_misses": MetadataValue.json(cache_stats),
+        "response_cache_events": MetadataValue.json(cache.events if cache is not None else []),
         "estimate_upper_bounds": MetadataValue.json(estimate),
         "preview": MetadataValue.md(preview or "(no turns)"),
     })
     # The checkpoint goes once the partition's table is stored (the IO manager ran when Output was yielded).
     ckpt.unlink(missing_ok=True)
-    yield validate_transcripts(df, max_turns=cfg.max_turns, warn_rate=study.parse_failure_warn_rate)
+    yield from validate_transcripts(df, max_turns=cfg.max_turns)

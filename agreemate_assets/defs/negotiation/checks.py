@@ -1,69 +1,92 @@
-"""The data-quality contract of a transcript partition, validated with Great Expectations."""
+"""The data-quality contract of a transcript partition: Great Expectations on the rows, and the quality measures of
+:mod:`agreemate_lib.negotiation.quality` against the thresholds named there."""
 
 from __future__ import annotations
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, MetadataValue
 
 from agreemate_lib.core.vocabulary import VOCABULARY
+from agreemate_lib.negotiation.quality import EXAMPLE_COLUMNS, THRESHOLDS, transcript_findings
 
 from ...lib.gx import ExpectationOutcome, validate
+from .partitions import pair_partitions
 
 TRANSCRIPT_CHECK_NAME = "transcripts_valid"
-EXAMPLE_COLUMNS = ["negotiation_id", "turn_index", "speaker", "action", "price", "listing_price", "outcome",
-                   "accepted_price", "utterance"]
+BEHAVIOUR_CHECK_NAME = "transcripts_behaviour"
+
+TRANSCRIPT_CHECKS = [
+    AssetCheckSpec(TRANSCRIPT_CHECK_NAME, asset="negotiation_transcripts", blocking=True,
+                   partitions_def=pair_partitions,
+                   description="Blocking: GX row contract (acts in the vocabulary, positive prices, speakers, turn "
+                               "limit, priced deals) and the quality thresholds of agreemate_lib.negotiation.quality "
+                               "(error, parse-failure, unknown-act and implausible-price rates; accepted prices the "
+                               "other side offered)"),
+    AssetCheckSpec(BEHAVIOUR_CHECK_NAME, asset="negotiation_transcripts", partitions_def=pair_partitions,
+                   description="Warn: deals a side should not make (a buyer paying above the listing, a seller "
+                               "below its bottom line)"),
+]
 
 
-def transcript_outcomes(df: pd.DataFrame, max_turns: int, warn_rate: float) -> tuple[list, list]:
-    """(errors, warnings): lists of :class:`ExpectationOutcome` that failed."""
+def row_contract(df: pd.DataFrame, max_turns: int) -> list[ExpectationOutcome]:
+    """The GX expectations on the rows; failed ones only."""
     import great_expectations.expectations as gxe
 
     if df.empty:
-        return [ExpectationOutcome("table_not_empty", False, 1)], []
-    turns = df.copy()
-    turns["price_ratio"] = turns["price"] / turns["listing_price"]
-    errors = validate(turns, [
+        return [ExpectationOutcome("table_not_empty", False, 1)]
+    out = validate(df, [
         gxe.ExpectColumnValuesToBeInSet(column="action", value_set=list(VOCABULARY)),
         gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0, strict_min=True),
         gxe.ExpectColumnValuesToNotBeNull(column="speaker"),
     ], "transcript_turns", EXAMPLE_COLUMNS)
-    warnings = validate(turns, [
-        gxe.ExpectColumnValuesToBeBetween(column="price_ratio", min_value=0.05, max_value=5.0),
-    ], "transcript_turn_prices", EXAMPLE_COLUMNS + ["price_ratio"])
-    negs = turns.groupby("negotiation_id").agg(
+    negs = df.groupby("negotiation_id").agg(
         n_turns=("turn_index", "count"), outcome=("outcome", "first"), accepted_price=("accepted_price", "first"),
-        listing_price=("listing_price", "first"), parse_failures=("parse_ok", lambda s: int((~s).sum())),
     ).reset_index()
-    errors += validate(negs, [gxe.ExpectColumnValuesToBeBetween(column="n_turns", min_value=1, max_value=max_turns)],
-                       "transcript_lengths", list(negs.columns))
+    out += validate(negs, [gxe.ExpectColumnValuesToBeBetween(column="n_turns", min_value=1, max_value=max_turns)],
+                    "transcript_lengths", list(negs.columns))
     accepted = negs[negs["outcome"] == "accepted"]
     if len(accepted):
-        errors += validate(accepted, [gxe.ExpectColumnValuesToNotBeNull(column="accepted_price")],
-                           "transcript_deals", list(negs.columns))
-    rate = float((~turns["parse_ok"]).mean())
-    if rate > warn_rate:
-        bad = turns[~turns["parse_ok"]][EXAMPLE_COLUMNS + ["error"]].head(5).to_dict("records")
-        warnings.append(ExpectationOutcome(f"parse_failure_rate {rate:.1%} > {warn_rate:.0%}", False,
-                                           int((~turns["parse_ok"]).sum()), bad))
-    return [o for o in errors if not o.success], [o for o in warnings if not o.success]
+        out += validate(accepted, [gxe.ExpectColumnValuesToNotBeNull(column="accepted_price")],
+                        "transcript_deals", list(negs.columns))
+    return [o for o in out if not o.success]
 
 
-def validate_transcripts(df: pd.DataFrame, max_turns: int, warn_rate: float) -> AssetCheckResult:
-    errors, warnings = transcript_outcomes(df, max_turns, warn_rate)
-    unknown = int((df["action"] == "unknown").sum()) if len(df) else 0
-    failed = errors + warnings
-    meta = {
-        "turns": len(df),
-        "unknown_actions": unknown,
-        "parse_failures": int((~df["parse_ok"]).sum()) if len(df) else 0,
-        "errors": MetadataValue.json([f"{o.name}: {o.unexpected_count} rows" for o in errors]),
-        "warnings": MetadataValue.json([f"{o.name}: {o.unexpected_count} rows" for o in warnings]),
-        "examples": MetadataValue.json({o.name: o.examples for o in failed if o.examples}),
-    }
-    return AssetCheckResult(
-        check_name=TRANSCRIPT_CHECK_NAME,
-        asset_key="negotiation_transcripts",
-        passed=not failed,
-        severity=AssetCheckSeverity.ERROR if errors else AssetCheckSeverity.WARN,
-        metadata=meta,
-    )
+def transcript_outcomes(df: pd.DataFrame, max_turns: int) -> tuple[list, list]:
+    """(blocking failures, behaviour warnings) as named outcomes, for tables of any source (the published runs)."""
+    errors: list = list(row_contract(df, max_turns))
+    warnings: list = []
+    for f in transcript_findings(df) if len(df) else []:
+        if f.failed:
+            (errors if f.blocking else warnings).append(
+                ExpectationOutcome(f"{f.name} {f.value:.4g} > {f.limit:g}", False, 0, f.examples))
+    return errors, warnings
+
+
+def validate_transcripts(df: pd.DataFrame, max_turns: int) -> list[AssetCheckResult]:
+    """The two check results of one transcript partition, with the measures, the limits and example rows."""
+    contract = row_contract(df, max_turns)
+    findings = transcript_findings(df)
+    blocking = [f for f in findings if f.blocking]
+    behaviour = [f for f in findings if not f.blocking]
+    failed = [f for f in blocking if f.failed]
+    measures = {f.name: round(f.value, 4) for f in findings}
+    return [
+        AssetCheckResult(
+            check_name=TRANSCRIPT_CHECK_NAME, asset_key="negotiation_transcripts",
+            passed=not contract and not failed, severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "turns": len(df),
+                "negotiations": int(df["negotiation_id"].nunique()) if len(df) else 0,
+                "measures": MetadataValue.json(measures),
+                "thresholds": MetadataValue.json(THRESHOLDS.as_dict()),
+                "failed": MetadataValue.json([f"{f.name}: {f.value:.4g} > {f.limit:g}" for f in failed]
+                                             + [f"{o.name}: {o.unexpected_count} rows" for o in contract]),
+                "examples": MetadataValue.json({f.name: f.examples for f in failed if f.examples}
+                                               | {o.name: o.examples for o in contract if o.examples}),
+            }),
+        AssetCheckResult(
+            check_name=BEHAVIOUR_CHECK_NAME, asset_key="negotiation_transcripts",
+            passed=not any(f.failed for f in behaviour), severity=AssetCheckSeverity.WARN,
+            metadata={"measures": MetadataValue.json({f.name: f.value for f in behaviour}),
+                      "examples": MetadataValue.json({f.name: f.examples for f in behaviour if f.failed})}),
+    ]

@@ -16,6 +16,7 @@ from dagster import (
 from agreemate_lib.negotiation.roster import RosterError, load_roster
 
 from ...lib.resources import StudySettings
+from ..jobs import buyer_config_job, seller_config_job
 from .partitions import missing_agents
 
 
@@ -40,7 +41,8 @@ def plan_roster_sync(instance, study: StudySettings) -> tuple[dict[str, list[str
     return new, changed
 
 
-@sensor(minimum_interval_seconds=30, description="Adds roster agents as partitions; refreshes changed agent configs.")
+@sensor(minimum_interval_seconds=30, jobs=[buyer_config_job, seller_config_job],
+        description="Adds roster agents as partitions; refreshes changed agent configs.")
 def roster_sensor(context: SensorEvaluationContext, study: StudySettings):
     try:
         new, changed = plan_roster_sync(context.instance, study)
@@ -49,9 +51,11 @@ def roster_sensor(context: SensorEvaluationContext, study: StudySettings):
     if not new and not changed:
         return SkipReason("roster unchanged")
     # The two config assets live on two partition sets: one run each per changed agent.
-    runs = [RunRequest(run_key=None, partition_key=a, asset_selection=[AssetKey(asset)],
-                       tags={"agreemate/reason": "roster change"})
-            for a in changed for asset in ("buyer_agent_config", "seller_agent_config")]
+    # New agents are registered by this tick and get their configs on the next one (a run request may only name
+    # partitions that already exist when the tick is evaluated).
+    fresh = {a for ids in new.values() for a in ids}
+    runs = [RunRequest(run_key=None, partition_key=a, job_name=job.name, tags={"agreemate/reason": "roster change"})
+            for a in changed if a not in fresh for job in (buyer_config_job, seller_config_job)]
     return SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[AddDynamicPartitionsRequest(name, ids) for name, ids in new.items()],

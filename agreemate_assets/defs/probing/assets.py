@@ -22,9 +22,15 @@ from agreemate_lib.core.io import atomic_write_parquet
 
 from ...lib.metadata import md_table
 from ...lib.resources import ResultsStore, StudySettings
+from ...lib.versions import source_version
 from ..negotiation.assets import ALL_TRANSCRIPTS, all_turns
 from ..training.assets import adapter_dir
 from .partitions import VARIANTS, variant_partitions
+
+#: Derived from the source that defines these assets (see agreemate_assets/lib/versions.py).
+CODE_VERSION = source_version(
+    __name__, "agreemate_lib.core", "agreemate_lib.probing", "agreemate_lib.backends.models",
+    "agreemate_lib.evaluation")
 
 QUANTITIES = ("mass_verb", "mass_control", "ratio", "ld_mass_verb", "ld_mass_control", "ld_ratio")
 
@@ -62,7 +68,7 @@ def load_probe_model(variant: str, store: ResultsStore):
                       merge_adapter=True)
 
 
-@asset(group_name="probing", partitions_def=variant_partitions, code_version="1", kinds={"pytorch", "parquet"},
+@asset(group_name="probing", partitions_def=variant_partitions, code_version=CODE_VERSION, kinds={"pytorch", "parquet"},
        ins={"transcripts": ALL_TRANSCRIPTS},
        deps=[AssetDep("lora_adapters", partition_mapping=StaticPartitionMapping(
            {"buyer": "buyer", "seller": "seller", "generalist": "generalist"}))],
@@ -105,7 +111,7 @@ def probing_outputs(context: AssetExecutionContext, study: StudySettings, result
         "paper_heads_rank_of_270": MetadataValue.json(paper), "wall_s": round(time.perf_counter() - t0, 1)})
 
 
-@asset(group_name="probing", code_version="1", kinds={"altair", "parquet"},
+@asset(group_name="probing", code_version=CODE_VERSION, kinds={"altair", "parquet"},
        ins={"probing_outputs": AssetIn("probing_outputs", metadata={"allow_missing_partitions": True}),
             "transcripts": ALL_TRANSCRIPTS},
        description="Per-head differences adapter - base with paired bootstrap CIs; heatmaps of the verb/control "

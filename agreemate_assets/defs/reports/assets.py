@@ -11,8 +11,12 @@ from agreemate_lib.evaluation import figures as F
 from agreemate_lib.evaluation.report import build_report
 
 from ...lib.resources import ResultsStore, StudySettings
+from ...lib.versions import source_version
 from ..evaluation.assets import published_dir
 from ..negotiation.assets import ALL_TRANSCRIPTS, all_turns
+
+#: Derived from the source that defines these assets (see agreemate_assets/lib/versions.py).
+CODE_VERSION = source_version(__name__, "agreemate_lib.core", "agreemate_lib.evaluation")
 
 FIGURES = [f"heatmap_{m}" for m in F.HEATMAP_METRICS] + ["price_progression", "action_distribution",
                                                          "length_distribution"]
@@ -31,7 +35,7 @@ def png_markdown(name: str, png: Path) -> MetadataValue:
 
 
 def figure_asset(name: str) -> AssetsDefinition:
-    @asset(name=f"figure_{name}", group_name="reports", deps=["human_baseline"], code_version="1",
+    @asset(name=f"figure_{name}", group_name="reports", deps=["human_baseline"], code_version=CODE_VERSION,
            ins={"metrics_by_negotiation": AssetIn("metrics_by_negotiation"), "transcripts": ALL_TRANSCRIPTS},
            kinds={"altair", "png"},
            description=f"Figure: {name.replace('_', ' ')} over the study's pairs and the human baseline.")
@@ -59,7 +63,8 @@ def figure_asset(name: str) -> AssetsDefinition:
 figure_assets = [figure_asset(n) for n in FIGURES]
 
 
-@asset(group_name="reports", deps=[*figure_assets, "table3", "published_runs"], code_version="1", kinds={"html"},
+@asset(group_name="reports", deps=[*figure_assets, "table3", "published_runs"], code_version=CODE_VERSION,
+       kinds={"html"},
        ins={"metrics_by_negotiation": AssetIn("metrics_by_negotiation"), "transcripts": ALL_TRANSCRIPTS},
        description="One static HTML page: tables with CIs, every figure, Table 3, and a transcript browser.")
 def report(study: StudySettings, results_store: ResultsStore, metrics_by_negotiation: pd.DataFrame,

@@ -27,7 +27,12 @@ from agreemate_lib.training.splits import ROLES, build_role_splits
 
 from ...lib.gx import validate
 from ...lib.resources import ResultsStore, StudySettings
+from ...lib.versions import source_version
 from .partitions import role_partitions
+
+#: Derived from the source that defines these assets (see agreemate_assets/lib/versions.py).
+CODE_VERSION = source_version(
+    __name__, "agreemate_lib.core", "agreemate_lib.training", "agreemate_lib.backends", "agreemate_lib.negotiation")
 
 SPLIT_KEYS = {role: f"{role}_split" for role in ROLES}
 
@@ -90,7 +95,8 @@ def role_split_checks(**splits: pd.DataFrame):
                                    "examples_failing": MetadataValue.json({o.name: o.examples for o in failed})})
 
 
-@asset(group_name="training", partitions_def=role_partitions, code_version="1", kinds={"pytorch", "safetensors"},
+@asset(group_name="training", partitions_def=role_partitions, code_version=CODE_VERSION,
+       kinds={"pytorch", "safetensors"},
        ins={r: AssetIn(SPLIT_KEYS[r]) for r in ROLES},
        check_specs=[AssetCheckSpec("loss_finite", asset="lora_adapters", blocking=True),
                     AssetCheckSpec("beats_base_model", asset="lora_adapters"),
@@ -138,7 +144,7 @@ def replies_parse_check(study: StudySettings, adapter: Path, role: str) -> Asset
                                       "examples": MetadataValue.json([t.raw_output for t in mine[:3]])})
 
 
-@asset(group_name="reports", deps=[lora_adapters], code_version="1", kinds={"altair", "png"},
+@asset(group_name="reports", deps=[lora_adapters], code_version=CODE_VERSION, kinds={"altair", "png"},
        description="Training curves of the adapters: raw and EMA loss, validation loss, learning rate per layer "
                    "group, gradient norm, throughput.")
 def figure_training_curves(results_store: ResultsStore) -> MaterializeResult:

@@ -2,6 +2,7 @@
 
 import socket
 
+import pandas as pd
 import pytest
 
 from agreemate_lib.backends.base import ChatRequest, GenerationSettings, ReplyFormat
@@ -24,7 +25,7 @@ def one(b, fmt=ReplyFormat()):
     return b.generate([ChatRequest(list(MSGS), fmt, key="k")], SETTINGS)[0]
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "empty", "truncated", "slow"])
+@pytest.mark.parametrize("fault", ["429", "500", "empty", "slow"])
 def test_fault_is_retried_then_succeeds(fault):
     with FakeOpenAI([fault, "ok"], slow_s=1.5) as srv:
         c = one(backend(srv.url, max_retries=2, timeout_s=0.5))
@@ -33,7 +34,7 @@ def test_fault_is_retried_then_succeeds(fault):
 
 
 @pytest.mark.parametrize("fault,message", [("429", "HTTP 429"), ("500", "HTTP 500"), ("empty", "empty completion"),
-                                           ("truncated", "truncated"), ("slow", "Timeout")])
+                                           ("slow", "Timeout")])
 def test_fault_that_persists_becomes_an_error(fault, message):
     with FakeOpenAI([fault], slow_s=1.0) as srv:
         c = one(backend(srv.url, max_retries=1, timeout_s=0.3))
@@ -71,17 +72,42 @@ def test_many_requests_in_flight_with_bounded_concurrency():
     assert elapsed < 16 * 0.3 / 2  # concurrent, not one after another
 
 
-def test_negotiation_completes_with_failed_turns_recorded():
+def test_cut_off_reply_is_the_models_not_a_server_fault():
+    """finish_reason=length: returned at once as a truncated reply (the agent re-asks), not retried as an error."""
+    with FakeOpenAI(["truncated"]) as srv:
+        c = one(backend(srv.url, max_retries=2))
+    assert c.error is None and c.truncated and len(srv.requests) == 1
+
+
+def test_turn_budget_bounds_all_tries():
+    with FakeOpenAI(["slow"], slow_s=0.6) as srv:
+        import time
+
+        t = time.perf_counter()
+        c = one(backend(srv.url, max_retries=5, timeout_s=0.5, turn_budget_s=1.0))
+        elapsed = time.perf_counter() - t
+    assert c.error and "turn budget of 1 s" in c.error and elapsed < 2.5
+
+
+def test_dead_server_ends_the_negotiation_as_an_error_after_one_retry_layer():
+    """A server that keeps failing: the negotiation ends as `error` on the first buyer turn, the agent does not
+    re-ask on top of the backend's own tries, and the error is kept out of the metrics."""
+    from agreemate_lib.evaluation.tables import negotiation_table, summarize
+
     sc = make_scenario("test", 0, title="Bike", description="d", category="bike", listing_price=200,
                        buyer_target=120, seller_target=200)
     with FakeOpenAI(["500"]) as srv:
-        spec = AgentSpec(id="srv", backend="openai", model="m", base_url=srv.url, max_retries=1)
+        spec = AgentSpec(id="srv", backend="openai", model="m", base_url=srv.url, max_retries=2)
         b = Agent(spec, backend(srv.url, max_retries=1))
         s = Agent(AgentSpec(id="rb", backend="rule-based", model="rule-based"))
         neg = run_negotiations([sc], b, s, RunConfig(max_turns=4))[0]
-    buyer_turns = [t for t in neg.turns if t.speaker == "buyer"]
-    assert len(neg.turns) == 4 and not neg.agreed  # it ran to its end despite the dead buyer
-    assert all(not t.parse_ok and "HTTP 500" in t.error for t in buyer_turns)
+        requests = len(srv.requests)
+    assert requests == 2  # the backend's two tries; the agent's max_retries=2 did not multiply them
+    assert neg.outcome == "error" and "HTTP 500" in neg.error and len(neg.turns) == 1
+    assert neg.turns[0].backend_error and not neg.agreed
+    row = summarize(negotiation_table([neg]), "pair").iloc[0]
+    assert row["n"] == 0 and row["n_error"] == 1 and row["error_rate"] == 1.0
+    assert pd.isna(row["agreement_rate"])  # not "0 agreement": no result at all
 
 
 # --- a real OpenAI-compatible server: llama-cpp-python serving the embedded GGUF on 127.0.0.1 -------------------

@@ -27,8 +27,11 @@ UGLY = [
     ('{"action": "offer", "utterance": "How about 120", "price": 120,}', "offer", 120.0, True),
     ('{"reasoning": "Open low.", "action": "offer", "utterance": "$60?", "price": 60}', "offer", 60.0, True),
     ('{"action": "offer", "utterance": "I\'ll give you $75 for it", "price": "75.00 USD"}', "offer", 75.0, True),
-    ('{"action": "offer", "utterance": "Would you take 2', "offer", 2.0, True),  # truncated, closed by the parser
-    ('{"action": "haggle", "utterance": "lower please", "price": null}', "unknown", None, True),
+    # cut off mid-utterance: not an offer of $2, a parse failure with no price
+    ('{"action": "offer", "utterance": "Would you take 2', "offer", None, False),
+    ('{"action": "haggle", "utterance": "lower please", "price": null}', "unknown", None, False),
+    # an invented act with a price: unusable, so its price can never be accepted
+    ('{"action": "haggle", "utterance": "$30?", "price": 30}', "unknown", None, False),
     ('{"action": "offer", "utterance": "hmm", "price": -50}', "offer", None, False),
     ('{"action": "offer", "utterance": "no number here", "price": null}', "offer", None, False),
     ("", "unknown", None, False),

@@ -80,7 +80,7 @@ def test_unusable_reply_is_retried_then_recorded():
     assert n.outcome == "rejected"  # the negotiation went on
 
 
-def test_backend_exception_becomes_a_failed_turn():
+def test_backend_exception_ends_the_negotiation_as_an_error():
     class Broken(ChatBackend):
         def generate(self, requests, settings):
             raise ConnectionError("server gone")
@@ -89,6 +89,8 @@ def test_backend_exception_becomes_a_failed_turn():
     s = Agent(AgentSpec(id="s", max_retries=0), Scripted([J("reject")]))
     n = run_negotiations([SC], b, s, RunConfig())[0]
     assert not n.turns[0].parse_ok and "server gone" in n.turns[0].error
+    # a backend that raised is not a reply: the negotiation ends as an error, nothing more is asked of anyone
+    assert n.outcome == "error" and "server gone" in n.error and len(n.turns) == 1 and n.turns[0].backend_error
 
 
 def test_rule_based_full_run_is_deterministic(data_dir):
