@@ -28,6 +28,14 @@ def smollm2_backend():
     return TransformersBackend("smollm2")
 
 
+@pytest.fixture(scope="session")
+def smollm2_fp32():
+    """The embedded model in fp32 (where batch layout cannot change the arithmetic), with the engine's KV reuse."""
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
+
+    return TransformersBackend("smollm2", dtype="fp32")
+
+
 @pytest.fixture()
 def dagster_home(tmp_path, monkeypatch) -> Path:
     """A fresh, temporary Dagster instance (DAGSTER_HOME) for one test."""

@@ -39,8 +39,13 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.log = log or (lambda msg: None)
         self.events: list[str] = []
+        self.disabled = False
         try:
             self._init()
+        except sqlite3.OperationalError as exc:  # cannot write (read-only, disk full): run without the cache
+            self.disabled = True
+            self._note(f"response cache {self.path} cannot be written ({exc}): could not store replies in this "
+                       "run; they are used all the same, and a rerun regenerates them")
         except sqlite3.DatabaseError as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             self.path.replace(aside)
@@ -65,6 +70,8 @@ class ResponseCache:
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
         out: dict[str, Completion] = {}
+        if self.disabled:
+            return out
         try:
             with self._connect() as db:
                 for i in range(0, len(keys), 500):
@@ -81,6 +88,8 @@ class ResponseCache:
         return out
 
     def put_many(self, items: dict[str, Completion]) -> None:
+        if self.disabled:
+            return
         try:
             with self._connect() as db:
                 db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?)",

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from agreemate_lib.evaluation.metrics import FORMULA_MODES, metric_names
+from agreemate_lib.evaluation.metrics import metric_names
 
 
 def _cmd_negotiate(args: argparse.Namespace) -> int:
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("metrics", help="metrics of transcripts (parquet) or AgreeMate result CSVs")
     m.add_argument("paths", nargs="+")
-    m.add_argument("--formula", choices=[f for f in FORMULA_MODES if f != "paper-signed"], default="corrected",
+    m.add_argument("--formula", choices=["corrected", "paper"], default="corrected",
                    help="paper: what the published CSVs store (each file's code version is detected)")
     m.add_argument("--group-by", choices=["pair", "cot"], default="pair")
     m.add_argument("--n-boot", type=int, default=2000)

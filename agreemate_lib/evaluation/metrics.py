@@ -17,10 +17,11 @@ import numpy as np
 
 from agreemate_lib.core.records import NegotiationOutcome
 
-FormulaMode = Literal["corrected", "paper", "paper-signed"]
+FormulaMode = Literal["corrected", "paper", "paper-signed", "paper-updated"]
 #: ``paper``: the code behind the size/CoT runs (|Δprice| concession, |fairness|/T efficiency);
 #: ``paper-signed``: the code behind the personality runs (signed Δprice, signed fairness/T).
-FORMULA_MODES: tuple[str, ...] = ("corrected", "paper", "paper-signed")
+#: ``paper-updated``: the code behind the ``*_updated.csv`` files (|Δprice| concession, signed fairness/T).
+FORMULA_MODES: tuple[str, ...] = ("corrected", "paper", "paper-signed", "paper-updated")
 
 NAN = float("nan")
 

@@ -142,11 +142,12 @@ def _close(a: float, b: float) -> bool:
 def detect_paper_variant(rows: list[PublishedRow]) -> str:
     """Which version of the paper's metric code produced a file: ``paper`` or ``paper-signed``.
 
-    The published files come from two code versions (absolute vs signed price steps in the concession rate and in
-    relative efficiency); pick the one whose recomputation matches the stored columns on more cells.
+    The published files come from three code versions (absolute vs signed price steps in the concession rate, and
+    absolute vs signed fairness in relative efficiency: ``paper``, ``paper-signed``, and ``paper-updated`` for the
+    ``*_updated.csv`` files); pick the one whose recomputation matches the stored columns on more cells.
     """
     scores = {}
-    for mode in ("paper", "paper-signed"):
+    for mode in ("paper", "paper-signed", "paper-updated"):
         scores[mode] = sum(
             _close(negotiation_metrics(r.outcome_for(mode), mode)[k], v)  # type: ignore[arg-type]
             for r in rows

@@ -31,3 +31,39 @@ def test_roster_sensor_on_the_cloned_roster(dagster_home):
         assert {(r.job_name, r.partition_key) for r in second.run_requests} == {
             (job, a) for a in agents for job in ("buyer_config", "seller_config")}
         assert not second.dynamic_partitions_requests
+
+
+def test_removing_and_disabling_agents(tmp_path, dagster_home, data_dir):
+    """Disable one agent, remove another from the roster file: the sensor deletes the removed agent's partitions,
+    nothing left raises, and the metrics leave both agents' pairs out, saying why."""
+    import pandas as pd
+    import yaml
+    from dagster import AssetKey
+
+    from agreemate_assets.definitions import definitions_for
+    from agreemate_assets.lib.resources import StudySettings, build_resources
+    from agreemate_assets.study import run_study
+
+    roster = tmp_path / "agents.yaml"
+    agents = [{"id": f"rb-{x}", "backend": "rule-based", "beta": b} for x, b in (("a", 0.5), ("b", 1.0), ("c", 2.0))]
+    roster.write_text(yaml.safe_dump({"agents": agents}))
+    study = StudySettings(results_dir=str(tmp_path / "r"), roster_path=str(roster), n_scenarios=2, max_turns=6)
+    grid = [("rb-a", "rb-b"), ("rb-b", "rb-c"), ("rb-c", "rb-a")]
+    with DagsterInstance.get() as instance:
+        assert run_study(instance, study, grid, log=lambda *_: None).ok
+        agents[1]["enabled"] = False  # rb-b disabled
+        roster.write_text(yaml.safe_dump({"agents": [agents[0], agents[1]]}))  # rb-c removed
+        tick = _tick(instance, study)
+        deletes = {(r.partitions_def_name, tuple(r.partition_keys)) for r in tick.dynamic_partitions_requests}
+        assert deletes == {("buyer_agents", ("rb-c",)), ("seller_agents", ("rb-c",))}
+        for r in tick.dynamic_partitions_requests:
+            for key in r.partition_keys:
+                instance.delete_dynamic_partition(r.partitions_def_name, key)
+        project = definitions_for(build_resources(study))
+        res = project.resolve_job_def("study_metrics").execute_in_process(instance=instance, raise_on_error=False)
+        assert res.success
+        md = instance.get_latest_materialization_event(AssetKey("metrics_by_negotiation")).asset_materialization
+        left = {x["pair"]: x["reason"] for x in md.metadata["left_out_pairs"].value}
+        # rb-b's pair is stored but left out; rb-c's partitions are gone, so its pairs are no longer inputs at all
+        assert left == {"rb-a|rb-b": "rb-b is not an enabled agent of the roster"}
+        assert pd.read_parquet(tmp_path / "r" / "metrics.parquet").empty

@@ -113,6 +113,7 @@ def metrics_by_negotiation(context: AssetExecutionContext, study: StudySettings,
     return Output(per_neg, metadata={
         "pairs": len(frames), "negotiations": len(per_neg), "pairs_left_out": len(left_out),
         "left_out": MetadataValue.md(md_table(pd.DataFrame(left_out)) if left_out else "none"),
+        "left_out_pairs": MetadataValue.json(left_out),
     })
 
 

@@ -26,7 +26,13 @@ from ...lib.metadata import md_table, transcript_markdown
 from ...lib.resources import InferenceServer, StudySettings
 from ...lib.versions import source_version
 from .checks import TRANSCRIPT_CHECKS, validate_transcripts
-from .partitions import buyer_agents_partitions, pair_partitions, register_agents, seller_agents_partitions
+from .partitions import (
+    buyer_agents_partitions,
+    pair_partitions,
+    register_agents,
+    seller_agents_partitions,
+    unregister_agents,
+)
 
 #: Derived from the source that defines these assets (see agreemate_assets/lib/versions.py).
 CODE_VERSION = source_version(
@@ -42,7 +48,9 @@ def agent_roster(context: AssetExecutionContext, study: StudySettings) -> Output
              "cot": a.cot, "temperature": a.temperature, "config_hash": a.config_hash()} for a in roster.values()]
     df = pd.DataFrame(rows)
     new = register_agents(context.instance, list(roster))
+    removed = unregister_agents(context.instance, list(load_roster(study.roster_file(), include_disabled=True)))
     return Output(df, metadata={"agents": len(df), "new_partitions": MetadataValue.json(new),
+                                "removed_partitions": MetadataValue.json(removed),
                                 "roster_file": str(study.roster_file()), "table": MetadataValue.md(md_table(df))})
 
 

@@ -31,6 +31,29 @@ def missing_agents(instance, agent_ids) -> dict[str, list[str]]:
     return out
 
 
+def removed_agents(instance, roster_ids) -> dict[str, list[str]]:
+    """Per dynamic partition set, the registered agents that are no longer in the roster file at all (disabled agents
+    stay registered: their history and configs remain valid)."""
+    keep = set(roster_ids)
+    out = {}
+    for name in AGENT_PARTITION_SETS:
+        gone = sorted(a for a in instance.get_dynamic_partitions(name) if a not in keep)
+        if gone:
+            out[name] = gone
+    return out
+
+
+def unregister_agents(instance, roster_ids) -> list[str]:
+    """Delete the partitions of agents removed from the roster file; returns their ids. Their materializations stay
+    in the instance's history; no partition is left whose config asset would fail."""
+    removed: set[str] = set()
+    for name, gone in removed_agents(instance, roster_ids).items():
+        for a in gone:
+            instance.delete_dynamic_partition(name, a)
+        removed.update(gone)
+    return sorted(removed)
+
+
 def register_agents(instance, agent_ids) -> list[str]:
     """Add the agents as partitions of both dimensions; returns the ids that were new anywhere."""
     added: set[str] = set()
