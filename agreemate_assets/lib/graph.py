@@ -34,8 +34,8 @@ def describe_graph(defs: Definitions) -> dict:
         }
     return {
         "assets": assets,
-        "jobs": sorted(j.name for j in defs.jobs or []),
-        "sensors": sorted(s.name for s in defs.sensors or []),
+        "jobs": sorted({j.name for j in defs.jobs or []}),
+        "sensors": sorted({s.name for s in defs.sensors or []}),
     }
 
 

@@ -100,9 +100,16 @@ def scenario_records(frame: pd.DataFrame) -> tuple[list[Scenario], dict]:
 ALL_TRANSCRIPTS = AssetIn("negotiation_transcripts", metadata={"allow_missing_partitions": True})
 
 
-def all_turns(transcripts: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def all_turns(transcripts: dict[str, pd.DataFrame], scored: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The stored transcripts as one table; with ``scored`` (the ``metrics_by_negotiation`` table), only the
+    negotiations it scores, so a pair left out of the metrics (failed check, stale, not in the roster) is left out
+    of every figure, the report and probing too."""
     frames = [transcripts[k] for k in sorted(transcripts)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    turns = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if scored is not None and len(turns):
+        keep = set(scored["negotiation_id"]) if len(scored) else set()
+        turns = turns[turns["negotiation_id"].isin(keep)].reset_index(drop=True)
+    return turns
 
 
 TRANSCRIPTS_AUTOMATION = AutomationCondition.eager()

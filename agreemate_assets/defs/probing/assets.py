@@ -69,18 +69,20 @@ def load_probe_model(variant: str, store: ResultsStore):
 
 
 @asset(group_name="probing", partitions_def=variant_partitions, code_version=CODE_VERSION, kinds={"pytorch", "parquet"},
-       ins={"transcripts": ALL_TRANSCRIPTS},
+       ins={"transcripts": ALL_TRANSCRIPTS, "metrics_by_negotiation": AssetIn("metrics_by_negotiation")},
        deps=[AssetDep("lora_adapters", partition_mapping=StaticPartitionMapping(
            {"buyer": "buyer", "seller": "seller", "generalist": "generalist"}))],
        description="Per layer and head: attention mass from price tokens to negotiation verbs vs control verbs "
                    "(and across turns), with bootstrap CIs over a seeded set of transcripts; heads ranked.")
 def probing_outputs(context: AssetExecutionContext, study: StudySettings, results_store: ResultsStore,
-                    transcripts: dict[str, pd.DataFrame]) -> Output[pd.DataFrame]:
+                    transcripts: dict[str, pd.DataFrame],
+                    metrics_by_negotiation: pd.DataFrame) -> Output[pd.DataFrame]:
     from agreemate_lib.probing.heads import probe, summarize_probe, transcript_texts
 
     variant = context.partition_key
     t0 = time.perf_counter()
-    negs = sample_transcripts(all_turns(transcripts), study, study.probe_transcripts, study.seed)
+    negs = sample_transcripts(all_turns(transcripts, metrics_by_negotiation), study, study.probe_transcripts,
+                              study.seed)
     tok, model = load_probe_model(variant, results_store)
     texts = transcript_texts(negs, tok)
     results, kept = probe(model, tok, texts)
@@ -113,11 +115,12 @@ def probing_outputs(context: AssetExecutionContext, study: StudySettings, result
 
 @asset(group_name="probing", code_version=CODE_VERSION, kinds={"altair", "parquet"},
        ins={"probing_outputs": AssetIn("probing_outputs", metadata={"allow_missing_partitions": True}),
-            "transcripts": ALL_TRANSCRIPTS},
+            "transcripts": ALL_TRANSCRIPTS, "metrics_by_negotiation": AssetIn("metrics_by_negotiation")},
        description="Per-head differences adapter - base with paired bootstrap CIs; heatmaps of the verb/control "
                    "ratio per variant and of the differences; a token-level view of the top heads.")
 def probing_comparison(study: StudySettings, results_store: ResultsStore, probing_outputs: dict[str, pd.DataFrame],
-                       transcripts: dict[str, pd.DataFrame]) -> MaterializeResult:
+                       transcripts: dict[str, pd.DataFrame], metrics_by_negotiation: pd.DataFrame
+                       ) -> MaterializeResult:
     from agreemate_lib.evaluation.figures import head_heatmap, save_chart
 
     out = probe_dir(results_store)
@@ -163,7 +166,7 @@ def probing_comparison(study: StudySettings, results_store: ResultsStore, probin
                                                      + base64.b64encode(dp["png"].read_bytes()).decode() + ")")
         sig = diff_df[(diff_df["ci_low"] > 0) | (diff_df["ci_high"] < 0)]
         meta["heads_with_ci_excluding_0"] = len(sig)
-    tok_paths = _token_view(study, results_store, ratio, all_turns(transcripts))
+    tok_paths = _token_view(study, results_store, ratio, all_turns(transcripts, metrics_by_negotiation))
     meta["token_view"] = MetadataValue.path(str(tok_paths["png"]))
     return MaterializeResult(metadata=meta)
 

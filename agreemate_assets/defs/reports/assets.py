@@ -41,7 +41,7 @@ def figure_asset(name: str) -> AssetsDefinition:
            description=f"Figure: {name.replace('_', ' ')} over the study's pairs and the human baseline.")
     def _figure(study: StudySettings, results_store: ResultsStore, metrics_by_negotiation: pd.DataFrame,
                 transcripts: dict[str, pd.DataFrame]) -> MaterializeResult:
-        table, turns = with_humans(metrics_by_negotiation, all_turns(transcripts), study)
+        table, turns = with_humans(metrics_by_negotiation, all_turns(transcripts, metrics_by_negotiation), study)
         if name in ("price_progression", "action_distribution"):
             chart = getattr(F, name)(turns)
         elif name == "length_distribution":
@@ -70,7 +70,8 @@ figure_assets = [figure_asset(n) for n in FIGURES]
 def report(study: StudySettings, results_store: ResultsStore, metrics_by_negotiation: pd.DataFrame,
            transcripts: dict[str, pd.DataFrame]) -> MaterializeResult:
     out = results_store.local_dir("report")
-    path = build_report(out, metrics_by_negotiation, all_turns(transcripts), published_dir(), study.source(),
+    path = build_report(out, metrics_by_negotiation, all_turns(transcripts, metrics_by_negotiation), published_dir(),
+                        study.source(),
                         n_boot=study.bootstrap_resamples())
     return MaterializeResult(metadata={"path": MetadataValue.path(str(path)),
                                        "size_kib": round(Path(path).stat().st_size / 1024, 1)})

@@ -47,6 +47,7 @@ def adapter_dir(store: ResultsStore, role: str) -> Path:
 
 
 @multi_asset(outs={SPLIT_KEYS[r]: AssetOut(group_name="training", kinds={"pandas", "parquet"},
+                                           code_version=CODE_VERSION,
                                            description=f"Training examples for the {r} adapter (context -> turn "
                                                        "JSON)")
                    for r in ROLES}, deps=["craigslist_raw"], can_subset=False)

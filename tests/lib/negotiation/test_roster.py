@@ -34,13 +34,13 @@ def test_config_hash_tracks_behaviour_not_names(tmp_path):
 
 def test_bad_roster_entries_are_named(tmp_path):
     p = tmp_path / "agents.yaml"
-    p.write_text("agents:\n  - {id: Bad Id}\n")
+    p.write_text("agents:\n  - {id: Bad Id, model: smollm2}\n")
     with pytest.raises(RosterError, match="Bad Id"):
         load_roster(p)
-    p.write_text("agents:\n  - {id: ok, personality: grumpy}\n")
+    p.write_text("agents:\n  - {id: ok, model: smollm2, personality: grumpy}\n")
     with pytest.raises(RosterError, match="personality"):
         load_roster(p)
-    p.write_text("agents:\n  - {id: ok}\n  - {id: ok}\n")
+    p.write_text("agents:\n  - {id: ok, model: smollm2}\n  - {id: ok, model: smollm2}\n")
     with pytest.raises(RosterError, match="twice"):
         load_roster(p)
     with pytest.raises(RosterError, match="not found"):
@@ -52,3 +52,35 @@ def test_shorthands():
     assert parse_agent_shorthand("openai:m@http://127.0.0.1:1/v1").backend == "openai"
     with pytest.raises(ValueError, match="unknown"):
         parse_agent_shorthand("gpt-99")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("agents:\n  - {id: a, model: smollm2}\n  - {id: b, model: smollm2, temperature: 0.5, temperature: 0.9}\n",
+     "key 'temperature' appears twice"),
+    ("agents:\n  - {id: a, model: smollm2, temperature: -3}\n", "(?s)agent 'a'.*temperature.*greater than or equal"),
+    ("agents:\n  - {id: a, model: smollm2, top_p: 1.5}\n", "(?s)agent 'a'.*top_p.*less than or equal"),
+    ("defaults:\n  - temperature: 0.5\nagents:\n  - {id: a, model: smollm2}\n", "'defaults:' must be a mapping"),
+    ("study:\n  - [a, a]\nagents:\n  - {id: a, model: smollm2}\n", "'study:' must be a mapping"),
+    ("agents:\n  - {id: a, backend: transformers}\n", "agent 'a': backend 'transformers' needs a model"),
+    ("agents:\n  - {id: a, backend: openai, base_url: 'http://x'}\n", "agent 'a': backend 'openai' needs a model"),
+    ("agents:\n  - {id: a, backend: vllm9, model: m}\n", "agent 'a': unknown backend 'vllm9'"),
+    ("- just\n- a list\n", "expected a mapping"),
+])
+def test_bad_rosters_name_the_place(tmp_path, text, message):
+    p = tmp_path / "agents.yaml"
+    p.write_text(text)
+    with pytest.raises(RosterError, match=message) as info:
+        load_roster(p)
+    assert str(p) in str(info.value)
+
+
+def test_metrics_cli_names_missing_columns(tmp_path, capsys):
+    import pandas as pd
+
+    from agreemate_lib.cli.main import main
+
+    bad = tmp_path / "not_transcripts.parquet"
+    pd.DataFrame({"negotiation_id": ["x"], "price": [1.0]}).to_parquet(bad)
+    assert main(["metrics", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "missing columns" in err and "buyer_id" in err
