@@ -56,6 +56,17 @@ class _HivePartitions(UPathIOManager):
             return path.joinpath(*[f"{n}={v}" for n, v in zip(names, parts)])
         return path / partition
 
+    def load_input(self, context: InputContext) -> Any:
+        """All stored partitions of an upstream asset as one dict, for inputs marked ``allow_missing_partitions``:
+        partitions with no file (pairs not negotiated yet) are skipped quietly (a grid of agents has many)."""
+        if context.has_asset_key and context.has_asset_partitions and \
+                context.definition_metadata.get("allow_missing_partitions"):
+            paths = self._get_paths_for_partitions(context)
+            found = {key: path for key, path in paths.items() if path.exists()}
+            context.log.debug(f"loading {len(found)} of {len(paths)} partitions; the others are not stored yet")
+            return {key: self.load_from_path(context, path) for key, path in found.items()}
+        return super().load_input(context)
+
 
 class ParquetIOManager(_HivePartitions):
     extension = ".parquet"

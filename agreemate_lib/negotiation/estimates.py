@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from agreemate_lib.backends.registry import backend_class
 from agreemate_lib.backends.structured import max_reply_tokens
 from agreemate_lib.core.scenarios import Scenario
 from agreemate_lib.negotiation.agents import AgentSpec
@@ -33,7 +34,7 @@ def estimate_workload(scenarios: Sequence[Scenario], buyer: AgentSpec, seller: A
                 "seller" if cfg.buyer_opens else "buyer")
             spec = buyer if role == "buyer" else seller
             out["generations_max"] += cfg.replicates
-            if spec.backend == "rule-based":
+            if not backend_class(spec.backend).needs_model:  # a policy, no language model: no tokens
                 continue
             out["llm_generations_max"] += cfg.replicates
             out["prompt_tokens_max"] += cfg.replicates * (sys_tokens[role] + TOKENS_PER_TURN_IN_HISTORY * (t + 1))
