@@ -69,7 +69,8 @@ def test_sampling_does_not_depend_on_the_batch(smollm2_fp32):
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     """`agreemate negotiate` killed with SIGKILL mid-run, then run again on the same folder: the transcripts equal
-    those of a run that was never interrupted (sampled, fp32)."""
+    those of a run that was never interrupted (sampled, fp32). One dialogue at a time (naive mode), so the kill
+    lands between two checkpointed negotiations; batch independence is the test above."""
     roster = tmp_path / "agents.yaml"
     roster.write_text(yaml.safe_dump({"agents": [{"id": "s32", "model": "smollm2", "dtype": "fp32",
                                                   "temperature": 0.7, "max_utterance_tokens": 24}]}))
@@ -77,7 +78,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     def cmd(out):
         return [sys.executable, "-m", "agreemate_lib.cli.main", "negotiate", "--buyer", "s32", "--seller", "s32",
                 "--roster", str(roster), "--scenarios", "6", "--max-turns", "6", "--seed", "3", "--quiet",
-                "--out", str(out)]
+                "--mode", "naive", "--out", str(out)]
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     whole = tmp_path / "whole"
