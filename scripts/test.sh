@@ -15,7 +15,7 @@ fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # Lint first (configured in pyproject.toml): a lint error fails the run like a failing test.
 .venv/bin/ruff check . || { echo "[test] ruff found problems (fix them or run: .venv/bin/ruff check . --fix)" >&2; exit 1; }
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider --durations=12 "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi
 exit $rc

@@ -180,7 +180,7 @@ def test_real_server_structured_replies(llama_server, data_dir):
 def test_real_server_faults(llama_server, data_dir):
     b = OpenAIBackend("smollm2", base_url=llama_server, max_retries=1, backoff_s=0.01, response_format="json_object")
     c = b.generate([ChatRequest(list(MSGS), key="t")], GenerationSettings(temperature=0.0, max_new_tokens=3))[0]
-    assert c.error and "truncated" in c.error
+    assert c.error is None and c.truncated  # cut off at the token limit: the model's unusable reply, not a fault
     slow = OpenAIBackend("smollm2", base_url=llama_server, max_retries=1, backoff_s=0.01, timeout_s=0.001)
     c = one(slow)
     assert c.error and "Timeout" in c.error

@@ -77,7 +77,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
 
     def cmd(out):
         return [sys.executable, "-m", "agreemate_lib.cli.main", "negotiate", "--buyer", "s32", "--seller", "s32",
-                "--roster", str(roster), "--scenarios", "6", "--max-turns", "6", "--seed", "3", "--quiet",
+                "--roster", str(roster), "--scenarios", "4", "--max-turns", "5", "--seed", "3", "--quiet",
                 "--mode", "naive", "--out", str(out)]
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -97,7 +97,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = len(ckpt.read_text().splitlines()) - 1
-    assert 1 <= saved < 6 and not (cut / "transcripts.parquet").exists()
+    assert 1 <= saved < 4 and not (cut / "transcripts.parquet").exists()
     subprocess.run(cmd(cut), check=True, env=env, capture_output=True, timeout=900)
 
     a, b = (pd.read_parquet(d / "transcripts.parquet") for d in (whole, cut))
