@@ -171,6 +171,7 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
 
     turns = len(df)
     agreed = sum(n.agreed for n in negs)
+    errors = sum(n.outcome == "error" for n in negs)
     parse_fail = int((~df["parse_ok"]).sum()) if turns else 0
     preview = ""
     if negs and negs[0].turns:
@@ -181,7 +182,8 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
     yield Output(df, metadata={
         "negotiations": len(negs),
         "turns": turns,
-        "agreement_rate": agreed / max(1, len(negs)),
+        "error_rate": errors / max(1, len(negs)),
+        "agreement_rate": agreed / max(1, len(negs) - errors),  # over negotiations that ended with a result
         "parse_failure_rate": parse_fail / max(1, turns),
         "fallback_rate": float((~df["structured"]).mean()) if turns else 0.0,
         "tokens_in": int(df["tokens_in"].sum()) if turns else 0,
