@@ -66,6 +66,14 @@ class Completion:
     truncated: bool = False
 
 
+def request_seed(run_seed: int, key: str) -> int:
+    """The sampling seed of one request: the run's seed and the request key (negotiation, turn, attempt), so a
+    reply never depends on which other requests share its batch (every backend seeds with it)."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{run_seed}|{key}".encode()).hexdigest()[:15], 16)
+
+
 class BackendError(RuntimeError):
     pass
 

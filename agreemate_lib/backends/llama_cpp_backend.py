@@ -8,7 +8,14 @@ from typing import Optional
 
 from pydantic import Field
 
-from agreemate_lib.backends.base import BackendConfig, ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.backends.base import (
+    BackendConfig,
+    ChatBackend,
+    ChatRequest,
+    Completion,
+    GenerationSettings,
+    request_seed,
+)
 from agreemate_lib.backends.openai_http import reply_schema
 
 
@@ -50,8 +57,8 @@ class LlamaCppBackend(ChatBackend):
                     messages=req.messages, response_format={"type": "json_object", "schema": schema},
                     max_tokens=settings.max_new_tokens + (req.reply_format.max_reasoning_tokens
                                                           if req.reply_format.cot else 0),
-                    temperature=max(settings.temperature, 0.0), top_p=settings.top_p, seed=settings.seed,
-                    repeat_penalty=settings.repetition_penalty)
+                    temperature=max(settings.temperature, 0.0), top_p=settings.top_p,
+                    seed=request_seed(settings.seed, req.key) % 2**31, repeat_penalty=settings.repetition_penalty)
             except Exception as exc:  # noqa: BLE001 - a failed call becomes a failed turn
                 out.append(Completion("", error=f"{type(exc).__name__}: {exc}"))
                 continue

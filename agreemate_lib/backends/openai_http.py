@@ -14,7 +14,14 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from agreemate_lib.backends.base import BackendConfig, ChatBackend, ChatRequest, Completion, GenerationSettings
+from agreemate_lib.backends.base import (
+    BackendConfig,
+    ChatBackend,
+    ChatRequest,
+    Completion,
+    GenerationSettings,
+    request_seed,
+)
 from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -94,7 +101,7 @@ class OpenAIBackend(ChatBackend):
                                                      else 0),
             "temperature": max(0.0, settings.temperature),
             "top_p": settings.top_p,
-            "seed": settings.seed,
+            "seed": request_seed(settings.seed, req.key) % 2**31,
         }
         schema = reply_schema(req.reply_format.cot, req.reply_format.allowed_acts,
                               4 * req.reply_format.max_utterance_tokens)

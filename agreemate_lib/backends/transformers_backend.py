@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Literal, Optional
 
@@ -15,6 +14,7 @@ from agreemate_lib.backends.base import (
     ChatRequest,
     Completion,
     GenerationSettings,
+    request_seed,
 )
 from agreemate_lib.backends.models import ModelLoadError, file_digest, load_model
 
@@ -41,11 +41,6 @@ def _attach_forward_timers(model) -> None:
     model.register_forward_pre_hook(pre, with_kwargs=True)
     model.register_forward_hook(post, with_kwargs=True)
     model._agreemate_forward_stats = stats
-
-
-def request_seed(run_seed: int, key: str) -> int:
-    """The sampling seed of one request: the run's seed and the request key (negotiation, turn, attempt)."""
-    return int(hashlib.sha256(f"{run_seed}|{key}".encode()).hexdigest()[:15], 16)
 
 
 class RowSampler:
