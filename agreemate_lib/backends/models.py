@@ -6,6 +6,7 @@ keyed by the GGUF's SHA-256, and later loads read that folder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -154,11 +155,19 @@ def resolve_device(device: str | None) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """Content hash of a file or of a folder's files (for adapters: provenance and cache keys)."""
+    """Content hash of a file or of a folder's files (for adapters: provenance and cache keys). Read once per
+    version of the files (their sizes and modification times), however often a config hash asks for it."""
     p = Path(path)
-    h = hashlib.sha256()
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    for f in files:
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _digest(stamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        f = Path(name)
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

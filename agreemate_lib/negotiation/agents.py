@@ -20,7 +20,6 @@ from agreemate_lib.negotiation.state import TurnState
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
-#: Fields every agent has, whatever its backend; a roster entry's other keys belong to its backend's ``Config``.
 class AgentSpec(BaseModel):
     """One agent of the roster. Its :meth:`config_hash` changes whenever anything that shapes its replies changes.
 

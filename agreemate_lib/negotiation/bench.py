@@ -46,6 +46,9 @@ class PathResult:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     decode_steps: int = 0
+    #: Negotiations that ended in an error (no reply from the backend): their time is in the figures, so a run
+    #: with errors does not measure the engine.
+    errors: int = 0
 
     @property
     def negotiations_per_min(self) -> float:
@@ -53,6 +56,7 @@ class PathResult:
 
     def summary(self) -> dict:
         return {"wall_s": round(self.wall_s, 2), "negotiations_per_min": round(self.negotiations_per_min, 2),
+                "error_negotiations": self.errors,
                 "turns": self.turns, "generated_tokens_per_s": round(self.generated_tokens / self.wall_s, 1),
                 "prompt_tokens_per_s": round(self.prompt_tokens / self.wall_s, 1),
                 "prefilled_tokens": self.prompt_tokens, "reused_prompt_tokens": self.reused_tokens,
@@ -86,7 +90,8 @@ def _run(name, scenarios, spec, backend, cfg) -> PathResult:
                       st.get("generate_calls", 0) - s0.get("generate_calls", 0),
                       (pc.reused_tokens - r0) if pc else 0,
                       st.get("prefill_s", 0) - s0.get("prefill_s", 0), st.get("decode_s", 0) - s0.get("decode_s", 0),
-                      st.get("decode_steps", 0) - s0.get("decode_steps", 0))
+                      st.get("decode_steps", 0) - s0.get("decode_steps", 0),
+                      errors=sum(n.outcome == "error" for n in negs))
 
 
 def decode_ceiling(backend, batch: int = 32, new_tokens: int = 64) -> float:
@@ -181,6 +186,11 @@ def print_report(r: dict) -> None:
             print(f"  {name:9s} {s['negotiations_per_min']:8.2f} negotiations/min  {s['generated_tokens_per_s']:7.1f} "
                   f"gen tok/s  {s['prompt_tokens_per_s']:8.1f} prompt tok/s  ({s['wall_s']} s, {s['generate_calls']} "
                   f"generate calls, {s['reused_prompt_tokens']} prompt tokens reused)")
+    failed = {name: r[name]["error_negotiations"] for name in ("naive", "engine", "llama_cpp")
+              if name in r and r[name]["error_negotiations"]}
+    if failed:
+        print(f"WARNING: negotiations that ended in an error (not results; the figures above include their time): "
+              f"{failed}")
     print(f"speedup engine/naive: {r['speedup']}x")
     if "engine_vs_llama_cpp" in r:
         print(f"engine/llama.cpp: {r['engine_vs_llama_cpp']}x")

@@ -57,7 +57,8 @@ def _negotiations(turns: pd.DataFrame) -> pd.DataFrame:
 
 def _examples(rows: pd.DataFrame, n: int = 5) -> list[dict]:
     cols = [c for c in EXAMPLE_COLUMNS if c in rows.columns]
-    return rows[cols].head(n).astype(object).where(rows[cols].head(n).notna(), None).to_dict("records")
+    head = rows[cols].head(n).astype(object)
+    return head.where(head.notna(), None).to_dict("records")
 
 
 def accepted_not_offered(turns: pd.DataFrame) -> pd.DataFrame:
@@ -91,6 +92,7 @@ def transcript_findings(turns: pd.DataFrame, t: QualityThresholds = THRESHOLDS) 
                             & (deals["accepted_price"] < deals["seller_reservation"] - 1e-9)]
     else:
         underpriced = deals.iloc[0:0]
+    unoffered = accepted_not_offered(scored)
     n_turns = max(1, len(scored))
     return [
         Finding("error_rate", len(errors) / len(negs), t.max_error_rate, True,
@@ -100,8 +102,7 @@ def transcript_findings(turns: pd.DataFrame, t: QualityThresholds = THRESHOLDS) 
         Finding("unknown_action_rate", len(unknown) / n_turns, t.max_unknown_action_rate, True, _examples(unknown)),
         Finding("implausible_price_rate", len(implausible) / max(1, len(priced)), t.max_implausible_price_rate, True,
                 _examples(implausible)),
-        Finding("accepted_not_offered", float(len(accepted_not_offered(scored))), 0.0, True,
-                _examples(accepted_not_offered(scored))),
+        Finding("accepted_not_offered", float(len(unoffered)), 0.0, True, _examples(unoffered)),
         Finding("buyer_paid_above_listing", float(len(overpaid)), 0.0, False, _examples(overpaid)),
         Finding("seller_sold_below_bottom_line", float(len(underpriced)), 0.0, False, _examples(underpriced)),
     ]
