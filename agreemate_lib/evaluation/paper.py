@@ -195,3 +195,42 @@ def published_negotiations(path: str | Path) -> list:
 
 def is_cot_pair(name: str) -> bool:
     return "cot" in Path(name).stem.lower()
+
+
+#: The published run whose 30 listings define the paper's scenarios (every file of the grid uses the same 30).
+PAPER_SCENARIO_FILE = "baseline-3B-buyer+baseline-3B-seller.csv"
+
+
+def published_dir() -> Path:
+    from agreemate_lib.core import settings
+
+    d = settings.data_dir()
+    if d is None or not (d / "agreemate_published_runs").is_dir():
+        raise FileNotFoundError("the paper's published runs are not there: set AGREEMATE_DATA_DIR to the data folder "
+                                "that holds agreemate_published_runs/")
+    return d / "agreemate_published_runs"
+
+
+def paper_scenarios(path: str | Path | None = None, reservation_fraction: float = 0.7):
+    """The paper's 30 evaluation listings with the published runs' own prices and targets, in the published order;
+    ``scenario_id`` is the published one, so our rows pair with the paper's per scenario."""
+    from agreemate_lib.core.scenarios import Scenario
+
+    path = Path(path) if path else published_dir() / PAPER_SCENARIO_FILE
+    out = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for i, r in enumerate(csv.DictReader(fh)):
+            lp = float(r["listing_price"])
+            out.append(Scenario(scenario_id=r["scenario_id"], split="paper", row=i, title=r["title"].strip(),
+                                description=(r.get("description") or "").strip(),
+                                category=(r.get("category") or "").strip() or "unknown", listing_price=lp,
+                                buyer_target=float(r["buyer_target"]), seller_target=float(r["seller_target"]),
+                                seller_reservation=round(reservation_fraction * lp, 2)))
+    return out
+
+
+def paper_scenarios_keys(path: str | Path | None = None) -> frozenset[str]:
+    """The listing keys (``training.splits.listing_key``) of the paper's scenarios: never trained on."""
+    from agreemate_lib.training.splits import listing_key
+
+    return frozenset(listing_key(s.title) for s in paper_scenarios(path))

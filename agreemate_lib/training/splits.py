@@ -1,15 +1,17 @@
-"""Role training splits: (context -> turn) examples for buyer, seller and generalist adapters.
+"""Role training data: whole dialogues, one sequence per dialogue and role, for buyer, seller and generalist adapters.
 
-Craigslist Bargains (annotated validation dialogues): every buyer/seller turn with an annotated intent becomes an
-example whose context is exactly what our agents see (system prompt with the listing and the role's own target,
-the conversation so far as chat messages) and whose target is the turn as the chain-of-thought JSON the agents emit,
-with a short ``reasoning`` computed from the numbers (never "None").
+Craigslist Bargains: every dialogue with text (validation and test). The annotated ones keep their acts and prices;
+the others are labelled by the rule-based tagger (``training/tagger.py``), and only its confident turns are
+targets. A row is the dialogue exactly as the role's agent would see it at its end (system prompt with the listing
+and the role's own target, the turns as chat messages, own turns as the chain-of-thought JSON the agents emit, with a
+``reasoning`` computed from the numbers); ``train_mask`` marks the messages the loss is on, so one forward pass
+trains every turn of the role.
 
-Deal or No Deal (test + validation): each conversation is stored twice (once per side); it is kept once. Its turns
-carry no prices: utterances become ``inform`` turns and the final selection ``accept`` only when both sides agreed
-(a "no deal" is ``reject``, never ``accept``). The side that speaks first plays the buyer.
+Deal or No Deal (test + validation): each conversation is stored twice (once per side); it is kept once, in the same
+layout, with its own ``source`` so its effect can be measured.
 
-Splits hold out whole dialogues (never rows) for validation, seeded.
+Validation holds out whole listings (never rows or single dialogues of a listing seen in training), seeded.
+Evaluation listings (``exclude_listings``) never enter either split.
 """
 
 from __future__ import annotations
@@ -48,32 +50,112 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
     return f"My target is {format_money(own_target)}; I learn more before naming a price."
 
 
-def craigslist_examples(split: str = "validation", source: str | None = None) -> pd.DataFrame:
-    from agreemate_lib.core.craigslist import iter_annotated_dialogues
+#: Words for the Craigslist events that carry none (an offer, accept, reject or quit made with the button).
+EVENT_WORDS = {"accept": "Deal.", "reject": "No deal, thanks.", "quit": "I'll pass, thanks."}
 
+
+def listing_key(title: str) -> str:
+    """A listing's identity across splits: its title, lower-cased, punctuation and spacing collapsed. The same item
+    appears in several dialogues (597 validation dialogues cover 131 listings) and in several splits."""
+    return re.sub(r"[^a-z0-9]+", " ", str(title).lower()).strip()
+
+
+def merge_turns(turns: list[dict]) -> list[dict]:
+    """Consecutive turns of one speaker become one turn (our agents alternate): words joined; the act is the last
+    event (offer/accept/reject/quit) or priced act of the run, else its last act; the price the last one named;
+    trainable only if the chosen act's turn was."""
+    out: list[dict] = []
+    rank = {"offer": 3, "accept": 3, "reject": 3, "quit": 3, **{a: 2 for a in PRICED_ACTS}}
+    for t in turns:
+        if out and out[-1]["speaker"] == t["speaker"]:
+            prev = out[-1]
+            words = " ".join(w for w in (prev["utterance"], t["utterance"]) if w)
+            take = t if rank.get(t["action"], 1) >= rank.get(prev["action"], 1) else prev
+            price = t["price"] if t["price"] is not None else prev["price"]
+            out[-1] = {"speaker": t["speaker"], "utterance": words, "action": take["action"],
+                       "price": price if take["action"] not in ("accept", "reject", "quit") else None,
+                       "trainable": take["trainable"]}
+        else:
+            out.append(dict(t))
+    return out
+
+
+def craigslist_dialogues(splits: tuple[str, ...] = ("validation", "test"), source: str | None = None) -> list[dict]:
+    """Every Craigslist dialogue of ``splits`` with acts and prices: the annotated ones as annotated (a turn the
+    annotators left ``unknown`` takes the tagger's confident label, else it is kept as context only), the others as
+    the rule-based tagger labels them (only its confident turns are training targets)."""
+    from agreemate_lib.core.craigslist import iter_annotated_dialogues
+    from agreemate_lib.training.tagger import tag_dialogue
+
+    out = []
+    for split in splits:
+        for row, sc, hturns in iter_annotated_dialogues(split, source, annotated_only=False):
+            tagged = tag_dialogue([(h.speaker, h.utterance) for h in hturns], sc.listing_price)
+            gold = any(h.action_known and h.action != "unknown" for h in hturns)
+            turns = []
+            for h, t in zip(hturns, tagged):
+                if gold and h.action_known and h.action != "unknown":
+                    action, price, ok = h.action, h.price, not (h.action in PRICED_ACTS and h.price is None)
+                else:
+                    action, price, ok = t.action, t.price, t.confident
+                if action == "unknown":
+                    action, ok = "inform", False  # context only: rendered as words, never a target
+                turns.append({"speaker": h.speaker, "utterance": h.utterance, "action": action, "price": price,
+                              "trainable": ok})
+            out.append({"dialogue_id": f"cb-{split}-{row:05d}", "split_source": split, "scenario": sc,
+                        "labels": "annotated" if gold else "tagger", "turns": merge_turns(turns),
+                        "listing_key": listing_key(sc.title)})
+    return out
+
+
+def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[list[dict], list[bool]]:
+    """The whole dialogue as ``role`` sees it after its end (the chat prompt our agents get, extended by every
+    turn): the messages, and per message whether it is a training target (the role's own confident turns)."""
+    sc = dialogue["scenario"]
+    view = sc.view_for(role)
+    history: list[dict] = []
+    last = {"buyer": None, "seller": None}
+    targets: list[dict | None] = []
+    for t in dialogue["turns"]:
+        other = "seller" if t["speaker"] == "buyer" else "buyer"
+        own_view = sc.view_for(t["speaker"])
+        thought = numeric_thought(t["speaker"], own_view["target"], last[other], last[t["speaker"]], t["price"],
+                                  t["action"])
+        words = t["utterance"] or (EVENT_WORDS.get(t["action"]) if t["action"] in EVENT_WORDS else
+                                   f"How about {format_money(t['price'])}?" if t["price"] is not None else "")
+        history.append({"speaker": t["speaker"], "action": t["action"], "utterance": words, "price": t["price"],
+                        "reasoning": thought})
+        targets.append(t)
+        if t["price"] is not None:
+            last[t["speaker"]] = t["price"]
+    opens = bool(history) and history[0]["speaker"] == role
+    msgs = build_messages(role, system_prompt(role, view, cot=True, max_turns=max_turns), history, max_turns, opens)
+    # build_messages emits one message per turn after the system (and the opening invitation): align the flags
+    head = 2 if opens else 1
+    flags = [False] * len(msgs)
+    for k, t in enumerate(dialogue["turns"]):
+        i = head + k
+        if i < len(msgs) and t["speaker"] == role and t["trainable"]:
+            flags[i] = True
+    if msgs[-1]["role"] == "user" and len(msgs) > head + len(dialogue["turns"]):
+        msgs, flags = msgs[:-1], flags[:-1]  # the closing turn note after a final own turn teaches nothing
+    return msgs, flags
+
+
+def dialogue_frame(dialogues: list[dict], max_turns: int = 15) -> pd.DataFrame:
+    """One row per dialogue and role: ``messages`` (JSON), ``train_mask`` (JSON list of bools), counts."""
     rows = []
-    for row, sc, hturns in iter_annotated_dialogues(split, source):
-        history: list[dict] = []
-        last = {"buyer": None, "seller": None}
-        dialogue_id = f"cb-{split}-{row:05d}"
-        for k, ht in enumerate(hturns):
-            role, action, utt, price = ht.speaker, ht.action, ht.utterance, ht.price
-            other = "seller" if role == "buyer" else "buyer"
-            if action == "unknown" or (action in PRICED_ACTS and price is None):
-                pass  # not a clean training target; it still enters the history below
-            elif utt or action in ("accept", "reject", "quit", "offer"):
-                view = sc.view_for(role)
-                msgs = build_messages(role, system_prompt(role, view, cot=True), history, 15,
-                                      opens=(history[0]["speaker"] == role) if history else True)
-                thought = numeric_thought(role, view["target"], last[other], last[role], price, action)
-                target = {"reasoning": thought, "action": action,
-                          "utterance": utt or ("Deal." if action == "accept" else ""), "price": price}
-                rows.append({"source": "craigslist", "dialogue_id": dialogue_id, "turn": k, "role": role,
-                             "messages": json.dumps(msgs), "target": json.dumps(target), "action": action,
-                             "price": price})
-            history.append({"speaker": role, "action": action, "utterance": utt or "", "price": price})
-            if price is not None:
-                last[role] = price
+    for d in dialogues:
+        if len(d["turns"]) > max_turns or len(d["turns"]) < 2:
+            continue
+        for role in ("buyer", "seller"):
+            msgs, flags = dialogue_sequence(d, role, max_turns)
+            own = [t for t in d["turns"] if t["speaker"] == role]
+            rows.append({"source": "craigslist", "dialogue_id": d["dialogue_id"], "role": role,
+                         "split_source": d["split_source"], "labels": d["labels"], "listing_key": d["listing_key"],
+                         "messages": json.dumps(msgs), "train_mask": json.dumps(flags),
+                         "target_turns": int(sum(flags)), "own_turns": len(own),
+                         "actions": json.dumps([t["action"] for t in own]), "turns": len(d["turns"])})
     return pd.DataFrame(rows)
 
 
@@ -81,8 +163,11 @@ _DOND = re.compile(r"<input>(.*?)</input>\s*<dialogue>(.*?)</dialogue>\s*<output
                    r"<partner_input>(.*?)</partner_input>")
 
 
-def dond_examples(paths: list[str | Path]) -> pd.DataFrame:
-    """Deal or No Deal conversations, each kept once (it is stored once per side)."""
+def dond_frame(paths: list[str | Path]) -> pd.DataFrame:
+    """Deal or No Deal conversations, each kept once (it is stored once per side), one row per conversation and role
+    in the same whole-dialogue layout as :func:`dialogue_frame`. Turns carry no prices: utterances are ``inform``,
+    the final selection ``accept`` only when both sides agreed (a "no deal" is ``reject``). The side that speaks first
+    plays the buyer."""
     seen: set[str] = set()
     rows = []
     for path in paths:
@@ -102,60 +187,94 @@ def dond_examples(paths: list[str | Path]) -> pd.DataFrame:
             agreed = "<no_agreement>" not in output and "<disagree>" not in output and "<disconnect>" not in output
             first = turns[0].split(":", 1)[0] if turns else "YOU"
             speaker_role = {first: "buyer", ("THEM" if first == "YOU" else "YOU"): "seller"}
-            history: list[dict] = []
-            dialogue_id = f"dond-{Path(path).stem}-{line_no:05d}"
-            for k, t in enumerate(turns):
+            parsed = []
+            for t in turns:
                 who, _, text = t.partition(":")
                 who, text = who.strip(), text.strip()
-                role = speaker_role.get(who, "buyer")
                 if text == "<selection>":
                     action, utt = ("accept" if agreed else "reject"), ("Deal." if agreed else "No deal.")
                 else:
                     action, utt = "inform", text
-                own = inp if (who == "YOU") else partner
+                parsed.append((who, speaker_role.get(who, "buyer"), action, utt))
+            dialogue_id = f"dond-{Path(path).stem}-{line_no:05d}"
+            for role in ("buyer", "seller"):
+                me = next((w for w, r in speaker_role.items() if r == role), "YOU")
+                own = inp if me == "YOU" else partner
                 nums = [int(x) for x in own.split()] if own else []
                 items = ", ".join(f"{c} {name} worth {v} each" for name, c, v in
                                   zip(("books", "hats", "balls"), nums[0::2], nums[1::2]))
                 sys = ("You are splitting a set of items with another person; each of you values them differently. "
                        f"There are {items or 'some items'} to you. Reply with one JSON object with the keys "
                        "\"reasoning\", \"action\", \"utterance\" and \"price\" (always null here).")
-                msgs = [{"role": "system", "content": sys}]
-                msgs += [{"role": "assistant" if h["speaker"] == role else "user", "content": h["utterance"]}
-                         for h in history]
-                if not history or msgs[-1]["role"] == "assistant":
+                msgs, flags = [{"role": "system", "content": sys}], [False]
+                if parsed and parsed[0][1] != role:
+                    pass
+                else:
                     msgs.append({"role": "user", "content": "[Your turn.]"})
-                thought = ("We agreed on a split." if action == "accept" else "We could not agree; no deal."
-                           if action == "reject" else "I state what I want and see what they value.")
-                target = {"reasoning": thought, "action": action, "utterance": utt, "price": None}
-                rows.append({"source": "dealornodeal", "dialogue_id": dialogue_id, "turn": k, "role": role,
-                             "messages": json.dumps(msgs), "target": json.dumps(target), "action": action,
-                             "price": None})
-                history.append({"speaker": role, "utterance": utt})
+                    flags.append(False)
+                actions = []
+                for _who, r, action, utt in parsed:
+                    if r == role:
+                        thought = ("We agreed on a split." if action == "accept" else "We could not agree; no deal."
+                                   if action == "reject" else "I state what I want and see what they value.")
+                        msgs.append({"role": "assistant", "content": json.dumps(
+                            {"reasoning": thought, "action": action, "utterance": utt, "price": None})})
+                        flags.append(True)
+                        actions.append(action)
+                    else:
+                        msgs.append({"role": "user", "content": utt})
+                        flags.append(False)
+                if msgs[-1]["role"] == "user" and len(msgs) > 2:
+                    msgs, flags = msgs[:-1], flags[:-1]
+                rows.append({"source": "dealornodeal", "dialogue_id": dialogue_id, "role": role,
+                             "split_source": Path(path).stem, "labels": "dataset", "listing_key": dialogue_id,
+                             "messages": json.dumps(msgs), "train_mask": json.dumps(flags),
+                             "target_turns": int(sum(flags)), "own_turns": int(sum(flags)),
+                             "actions": json.dumps(actions), "turns": len(parsed)})
     return pd.DataFrame(rows)
 
 
-def split_by_dialogue(df: pd.DataFrame, validation_fraction: float = 0.15, seed: int = 0) -> pd.DataFrame:
-    """Add ``split`` (train/validation), holding out whole dialogues, seeded."""
-    ids = sorted(df["dialogue_id"].unique())
+def split_by_listing(df: pd.DataFrame, validation_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """Add ``split`` (train/validation), holding out whole listings (every dialogue about a held-out item), seeded."""
+    ids = sorted(df["listing_key"].unique())
     rng = random.Random(seed)
     rng.shuffle(ids)
     n_val = max(1, int(round(validation_fraction * len(ids))))
     val = set(ids[:n_val])
-    return df.assign(split=df["dialogue_id"].map(lambda d: "validation" if d in val else "train"))
+    return df.assign(split=df["listing_key"].map(lambda d: "validation" if d in val else "train"))
 
 
-def build_role_splits(source: str | None = None, dond_dir: str | Path | None = None, include_dond: bool = True,
-                      validation_fraction: float = 0.15, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """{"buyer", "seller", "generalist"} -> examples with a ``split`` column; generalist is balanced by role."""
-    parts = [craigslist_examples("validation", source)]
-    if include_dond and dond_dir and Path(dond_dir).is_dir():
-        parts.append(dond_examples(sorted(Path(dond_dir).glob("*.txt"))))
-    allx = pd.concat(parts, ignore_index=True).drop_duplicates(["messages", "target"]).reset_index(drop=True)
-    allx = split_by_dialogue(allx, validation_fraction, seed)
-    allx["example_id"] = allx["dialogue_id"] + ":" + allx["turn"].astype(str) + ":" + allx["role"]
-    buyer = allx[allx["role"] == "buyer"].reset_index(drop=True)
-    seller = allx[allx["role"] == "seller"].reset_index(drop=True)
-    n = min(len(buyer), len(seller))
-    generalist = pd.concat([buyer.sample(n, random_state=seed), seller.sample(n, random_state=seed)])
-    return {"buyer": buyer, "seller": seller,
-            "generalist": generalist.sort_values("example_id").reset_index(drop=True)}
+def build_role_splits(source: str | None = None, dond_dir: str | Path | None = None,
+                      exclude_listings: set[str] | frozenset[str] = frozenset(), validation_fraction: float = 0.1,
+                      seed: int = 0, max_turns: int = 15) -> dict[str, pd.DataFrame]:
+    """{"buyer", "seller", "generalist"} -> whole-dialogue rows with a ``split`` column.
+
+    Craigslist: every validation and test dialogue (annotated acts where they exist, the tagger's elsewhere), minus
+    the dialogues about ``exclude_listings`` (the evaluation listings, by :func:`listing_key`: none of them is ever
+    trained on); Deal or No Deal (deduplicated) in the same layout, ``source == "dealornodeal"``, so a config can
+    include or leave it out. The generalist holds both roles of every dialogue.
+    """
+    cb = dialogue_frame(craigslist_dialogues(("validation", "test"), source), max_turns)
+    cb = cb[~cb["listing_key"].isin(set(exclude_listings))]
+    parts = [split_by_listing(cb, validation_fraction, seed)]
+    if dond_dir and Path(dond_dir).is_dir():
+        dd = dond_frame(sorted(Path(dond_dir).glob("*.txt")))
+        parts.append(split_by_listing(dd, validation_fraction, seed))
+    allx = pd.concat(parts, ignore_index=True)
+    allx["example_id"] = allx["dialogue_id"] + ":" + allx["role"]
+    allx = allx.sort_values("example_id").reset_index(drop=True)
+    return {"buyer": allx[allx["role"] == "buyer"].reset_index(drop=True),
+            "seller": allx[allx["role"] == "seller"].reset_index(drop=True),
+            "generalist": allx}
+
+
+def heldout_train_scenarios(n: int, seed: int = 0, source: str | None = None,
+                            exclude_listings: set[str] | frozenset[str] = frozenset()):
+    """A seeded sample of ``n`` train listings (train_scenarios.csv: no dialogues) whose listing is none of
+    ``exclude_listings`` (pass the trained listings): scenarios for studies larger than the paper's 30."""
+    from agreemate_lib.core.scenarios import load_scenarios
+
+    pool = [s for s in load_scenarios("train", source).scenarios if listing_key(s.title) not in exclude_listings]
+    if n > len(pool):
+        raise ValueError(f"asked for {n} held-out train listings but only {len(pool)} are not excluded")
+    return random.Random(seed).sample(pool, n)

@@ -15,8 +15,8 @@ Rules, in order, for a turn with words:
    as a speaker's first turn is ``intro``, a no/can't/sorry is ``disagree``, an answer to the other side's question
    is ``inform``, a yes/deal is ``agree``; anything else is ``unknown`` (not confident).
 The events with no words (offer, accept, reject, quit): an empty turn followed later by an empty turn of the other
-side is ``offer`` at the last price said in the dialogue; the other side's next empty turn is ``accept`` (``reject`` when its
-last words refused); a last empty turn with no offer pending is ``quit``.
+side is ``offer`` at the last price said in the dialogue; the other side's next empty turn is ``accept`` (``reject``
+when its last words refused); a last empty turn with no offer pending is ``quit``.
 """
 
 from __future__ import annotations

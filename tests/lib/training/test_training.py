@@ -1,47 +1,142 @@
 """Role splits and LoRA adapters: real data, real peft training steps on the embedded model."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
 
-from agreemate_lib.training.lora import LoraTrainConfig, ema_update, lr_multiplier, train_lora
-from agreemate_lib.training.splits import build_role_splits, dond_examples, numeric_thought, split_by_dialogue
+from agreemate_lib.training.lora import (
+    LoraTrainConfig,
+    encode_dialogue,
+    ema_update,
+    lr_multiplier,
+    perplexity_reduction,
+    train_lora,
+)
+from agreemate_lib.training.splits import (
+    build_role_splits,
+    dond_frame,
+    listing_key,
+    merge_turns,
+    numeric_thought,
+    split_by_listing,
+)
 
 
 @pytest.fixture(scope="module")
-def splits(data_dir):
-    return build_role_splits(dond_dir=data_dir / "deal_or_no_deal")
+def paper_keys(data_dir):
+    from agreemate_lib.evaluation.paper import paper_scenarios_keys
+
+    return paper_scenarios_keys(data_dir / "agreemate_published_runs" / "baseline-3B-buyer+baseline-3B-seller.csv")
 
 
-def test_role_splits_contract(splits, data_dir):
-    for role in ("buyer", "seller", "generalist"):
-        df = splits[role]
-        assert len(df) > 1000
-        targets = df["target"].map(json.loads)
-        assert all(list(t) == ["reasoning", "action", "utterance", "price"] for t in targets)
-        assert not any(str(t["reasoning"]) in ("None", "") for t in targets)
-        train, val = set(df[df.split == "train"].dialogue_id), set(df[df.split == "validation"].dialogue_id)
-        assert train and val and not (train & val)  # held out by dialogue
-        assert not df.duplicated(["messages", "target"]).any()
+@pytest.fixture(scope="module")
+def splits(data_dir, paper_keys):
+    return build_role_splits(str(data_dir / "craigslist_bargains"), dond_dir=data_dir / "deal_or_no_deal",
+                             exclude_listings=paper_keys)
+
+
+def test_role_splits_cover_every_dialogue_with_text(splits):
     g = splits["generalist"]
-    assert (g.role == "buyer").sum() == (g.role == "seller").sum()  # balanced by role
-    cb = splits["buyer"][splits["buyer"].source == "craigslist"]
-    priced = cb[cb.price.notna()]
-    assert len(priced) > 300 and (priced.price > 0).all()
-    assert set(splits["buyer"].role) == {"buyer"} and set(splits["seller"].role) == {"seller"}
+    cb = g[g.source == "craigslist"]
+    # both splits with text: the annotated validation dialogues and the tagger-labelled rest (test + validation)
+    assert set(cb.split_source) == {"validation", "test"} and set(cb.labels) == {"annotated", "tagger"}
+    assert cb.dialogue_id.nunique() > 1300  # of 1,435 (longer than 15 turns or about a paper listing: left out)
+    for role in ("buyer", "seller"):
+        df = splits[role]
+        assert set(df.role) == {role}
+        for r in df.sample(40, random_state=0).itertuples():
+            msgs, mask = json.loads(r.messages), json.loads(r.train_mask)
+            assert len(msgs) == len(mask) and msgs[0]["role"] == "system"
+            for m, on in zip(msgs, mask):
+                if on:  # targets are the role's own turns, as the JSON the agents emit
+                    assert m["role"] == "assistant"
+                    reply = json.loads(m["content"])
+                    assert list(reply) == ["reasoning", "action", "utterance", "price"]
+                    assert reply["action"] != "unknown" and reply["reasoning"] not in ("", "None")
+    train, val = (set(g.loc[g.split == s, "listing_key"]) for s in ("train", "validation"))
+    assert train and val and not (train & val)  # validation holds out whole listings
+
+
+def test_no_training_dialogue_is_about_an_evaluation_listing(splits, paper_keys, data_dir):
+    from agreemate_lib.core.scenarios import sample_scenarios
+    from agreemate_lib.training.splits import heldout_train_scenarios
+
+    trained = set(splits["generalist"].listing_key)
+    assert len(paper_keys) == 29 and not (trained & paper_keys)  # 30 listings, one title twice
+    held = heldout_train_scenarios(50, seed=1, source=str(data_dir / "craigslist_bargains"),
+                                   exclude_listings=trained)
+    assert len(held) == 50 and not ({listing_key(s.title) for s in held} & trained)
+    # the plain train sample is not held out: some train listings are the same items as dialogues we train on
+    plain = sample_scenarios("train", 2000, seed=1, source=str(data_dir / "craigslist_bargains")).scenarios
+    assert {listing_key(s.title) for s in plain} & trained
+
+
+def test_merge_turns_keeps_the_event_and_the_last_price():
+    turns = [{"speaker": "buyer", "utterance": "how about $40?", "action": "init-price", "price": 40.0,
+              "trainable": True},
+             {"speaker": "buyer", "utterance": "", "action": "offer", "price": 40.0, "trainable": True},
+             {"speaker": "seller", "utterance": "", "action": "accept", "price": None, "trainable": True}]
+    m = merge_turns(turns)
+    assert [t["action"] for t in m] == ["offer", "accept"] and m[0]["utterance"] == "how about $40?"
+    assert m[0]["price"] == 40.0
+
+
+def test_whole_dialogue_loss_is_on_the_role_turns_only(splits, smollm2_fp32):
+    tok = smollm2_fp32.tokenizer
+    r = splits["seller"][splits["seller"].source == "craigslist"].iloc[3]
+    msgs, mask = json.loads(r.messages), json.loads(r.train_mask)
+    ex = encode_dialogue(tok, msgs, mask)
+    pieces, cur = [], []
+    for tid, lab in zip(ex["input_ids"], ex["labels"]):
+        if lab != -100:
+            assert lab == tid
+            cur.append(tid)
+        elif cur:
+            pieces.append(tok.decode(cur))
+            cur = []
+    if cur:
+        pieces.append(tok.decode(cur))
+    wanted = [m["content"] + tok.eos_token for m, on in zip(msgs, mask) if on]
+    assert pieces == wanted  # exactly the marked assistant turns and their end-of-turn token, nothing else
+    assert not any(m["content"] in "".join(pieces) for m, on in zip(msgs, mask) if m["role"] == "user")
 
 
 def test_deal_or_no_deal_is_deduplicated_and_no_deal_is_never_accept(data_dir):
     paths = [data_dir / "deal_or_no_deal" / "test.txt"]
-    df = dond_examples(paths)
+    df = dond_frame(paths)
     lines = sum(1 for line in paths[0].read_text().splitlines() if line.strip())
     assert df["dialogue_id"].nunique() <= 0.55 * lines  # each conversation is stored twice (a few only once)
+    assert (df.groupby("dialogue_id").role.nunique() == 2).all()  # one row per role
     raw = {line.split("<dialogue>")[1].split("</dialogue>")[0]: "<no_agreement>" in line or "<disagree>" in line
            for line in paths[0].read_text().splitlines() if "<dialogue>" in line}
     assert any(raw.values())  # the file has no-deal conversations ...
-    ends = df[df.target.map(lambda t: json.loads(t)["utterance"]) == "No deal."]
-    assert len(ends) > 0 and set(ends.action) == {"reject"}  # ... and they are never labelled accept
+    replies = [json.loads(m["content"]) for s in df.messages for m in json.loads(s) if m["role"] == "assistant"]
+    no_deal = [x for x in replies if x["utterance"] == "No deal."]
+    assert no_deal and {x["action"] for x in no_deal} == {"reject"}  # ... and they are never labelled accept
+
+
+def test_tagger_against_the_annotated_dialogues(data_dir):
+    from agreemate_lib.core.craigslist import iter_annotated_dialogues
+    from agreemate_lib.training.tagger import evaluate_tagger
+
+    d = [(sc.listing_price, t) for _, sc, t in iter_annotated_dialogues("validation",
+                                                                       str(data_dir / "craigslist_bargains"))]
+    r = evaluate_tagger(d)
+    assert r["turns"] > 4000
+    assert r["accuracy_confident"] > 0.85 and r["confident_share"] > 0.8
+    assert r["price_recall"] > 0.85 and r["price_precision"] > 0.8
+    for act in ("intro", "inquire", "init-price", "counter-price", "offer"):
+        assert r["per_act"][act]["precision"] > 0.9 and r["per_act"][act]["recall"] > 0.85, act
+
+
+def test_perplexity_reduction_ci():
+    base = [(20.0, 10), (30.0, 10), (25.0, 10)]
+    tuned = [(10.0, 10), (15.0, 10), (12.0, 10)]
+    r = perplexity_reduction(base, tuned, n_boot=200)
+    assert r["perplexity_reduction_ci_low"] <= r["perplexity_reduction"] <= r["perplexity_reduction_ci_high"]
+    assert r["perplexity_reduction"] == pytest.approx(1 - math.exp(37 / 30) / math.exp(75 / 30))  # pooled over tokens
 
 
 def test_numeric_thought_and_schedule():
@@ -54,10 +149,10 @@ def test_numeric_thought_and_schedule():
     assert ema_update(None, 3.0, 0.9) == 3.0 and ema_update(3.0, 1.0, 0.9) == pytest.approx(2.8)
 
 
-def test_split_by_dialogue_is_seeded():
-    df = pd.DataFrame({"dialogue_id": [f"d{i // 3}" for i in range(60)]})
-    a, b = split_by_dialogue(df, 0.2, seed=1), split_by_dialogue(df, 0.2, seed=1)
-    assert a.equals(b) and a.groupby("dialogue_id").split.nunique().max() == 1
+def test_split_by_listing_is_seeded():
+    df = pd.DataFrame({"listing_key": [f"d{i // 3}" for i in range(60)]})
+    a, b = split_by_listing(df, 0.2, seed=1), split_by_listing(df, 0.2, seed=1)
+    assert a.equals(b) and a.groupby("listing_key").split.nunique().max() == 1
 
 
 @pytest.mark.slow
@@ -66,7 +161,8 @@ def test_train_save_reload_generate(splits, tmp_path, role, quantization):
     df = splits[role]
     df = df[df.source == "craigslist"]
     cfg = LoraTrainConfig(max_steps=4, micro_batch=2, grad_accum=1, train_examples=2, val_examples=2, lr=2e-3,
-                          warmup_steps=1, cycle_steps=4, quantization=quantization, max_length=900)
+                          warmup_steps=1, cycle_steps=4, quantization=quantization, eval_every=2,
+                          final_eval_dialogues=2, patience=10)
     m = train_lora(df[df.split == "train"], df[df.split == "validation"], tmp_path / role, cfg, log=lambda *_: None)
     curves = pd.read_parquet(tmp_path / role / "curves.parquet")
     assert curves["loss"].iloc[-1] < curves["loss"].iloc[0]  # the same batch every step: the loss went down
@@ -79,7 +175,8 @@ def test_train_save_reload_generate(splits, tmp_path, role, quantization):
     from agreemate_lib.negotiation.parsing import parse_turn
 
     backend = TransformersBackend("smollm2", adapter=str(tmp_path / role))
-    msgs = json.loads(df.iloc[0]["messages"])
+    msgs, mask = json.loads(df.iloc[0]["messages"]), json.loads(df.iloc[0]["train_mask"])
+    msgs = msgs[: mask.index(True)]  # the prompt before the role's first target turn
     out = backend.generate([ChatRequest(msgs, ReplyFormat(cot=True, max_utterance_tokens=16,
                                                           max_reasoning_tokens=16), key="x")],
                            GenerationSettings(temperature=0.0))[0]
