@@ -19,7 +19,8 @@ class StudySettings(ConfigurableResource):
                                                      "(default: the AGREEMATE_RESULTS_DIR setting, <repo>/results)")
     roster_path: str = Field(default="", description="Roster YAML (default: the AGREEMATE_ROSTER setting)")
     data_source: str = Field(default="", description="Craigslist Bargains folder or hub id (default: the data setting)")
-    split: str = "test"
+    split: str = Field(default="paper", description="paper (the paper's 30 listings, published targets), heldout "
+                       "(train listings never trained on), or a dataset split: test, validation, train")
     n_scenarios: int = 30
     seed: int = 0
     max_turns: int = 15

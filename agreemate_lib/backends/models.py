@@ -237,6 +237,9 @@ def load_model(model: str, *, dtype: str | None = "auto", device: str = "auto", 
 
             if not Path(adapter).exists():
                 raise FileNotFoundError(f"LoRA adapter not found: {adapter}")
+            from agreemate_lib.training.shipping import verify_adapter
+
+            verify_adapter(adapter)  # a shipped adapter loads only if its files match its manifest's digest
             lm = PeftModel.from_pretrained(lm, adapter)
             if merge_adapter:
                 lm = lm.merge_and_unload()

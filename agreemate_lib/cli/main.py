@@ -14,14 +14,14 @@ from agreemate_lib.evaluation.metrics import metric_names
 def _cmd_negotiate(args: argparse.Namespace) -> int:
     from agreemate_lib.core.io import atomic_write_parquet
     from agreemate_lib.core.records import negotiations_to_frame, summaries_to_frame
-    from agreemate_lib.core.scenarios import sample_scenarios
+    from agreemate_lib.core.scenarios import study_scenarios
     from agreemate_lib.evaluation.tables import negotiation_table, summarize
     from agreemate_lib.negotiation.agents import Agent
     from agreemate_lib.negotiation.roster import resolve_agent
     from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
 
     out = Path(args.out)
-    sset = sample_scenarios(args.split, args.scenarios, args.seed, source=args.data)
+    sset = study_scenarios(args.split, args.scenarios, args.seed, source=args.data)
     if sset.dropped:
         print(f"dropped {len(sset.dropped)} invalid rows of {args.split} (first: {sset.dropped[0]})", file=sys.stderr)
     buyer_spec, seller_spec = resolve_agent(args.buyer, args.roster), resolve_agent(args.seller, args.roster)
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "hf:PATH, openai:MODEL@URL)")
     n.add_argument("--seller", default="smollm2")
     n.add_argument("--scenarios", type=int, default=30)
-    n.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    n.add_argument("--split", default="test", choices=["paper", "heldout", "train", "validation", "test"],
+                   help="paper: the paper's 30 listings; heldout: train listings never trained on; or a dataset split")
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--max-turns", type=int, default=15)
     n.add_argument("--replicates", type=int, default=1)

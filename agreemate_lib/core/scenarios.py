@@ -232,3 +232,29 @@ def sample_scenarios(
     rng = random.Random(seed)
     picked = rng.sample(range(len(full.scenarios)), n)
     return ScenarioSet([full.scenarios[i] for i in picked], full.dropped, full.source)
+
+
+#: Scenario sets a study can name besides the dataset splits: the paper's 30 listings, and held-out train listings.
+STUDY_SETS = ("paper", "heldout")
+
+
+def study_scenarios(split: str = "paper", n: int = 30, seed: int = 0, source: str | None = None,
+                    reservation_fraction: float = DEFAULT_RESERVATION_FRACTION) -> ScenarioSet:
+    """The scenarios of a study. ``paper``: the paper's evaluation listings with the published prices and targets
+    (the first ``n`` of 30), so rows pair with the published runs per scenario; ``heldout``: a seeded sample of train
+    listings none of whose items appear in a dialogue we train on; a split name: a seeded sample of that split."""
+    if split == "paper":
+        from agreemate_lib.evaluation.paper import paper_scenarios
+
+        allp = paper_scenarios(reservation_fraction=reservation_fraction)
+        if not 0 < n <= len(allp):
+            raise ValueError(f"the paper's scenario set has {len(allp)} listings; asked for {n}")
+        return ScenarioSet(allp[:n], [], "agreemate_published_runs")
+    if split == "heldout":
+        from agreemate_lib.training.splits import heldout_train_scenarios, listing_key
+
+        trained = {listing_key(_first((rec.get("items") or {}).get("Title")))
+                   for sp in ("validation", "test") for rec in iter_raw_rows(sp, source)}
+        picked = heldout_train_scenarios(n, seed, source, exclude_listings=trained)
+        return ScenarioSet(picked, [], source or settings.craigslist_source())
+    return sample_scenarios(split, n, seed, source, reservation_fraction)

@@ -234,3 +234,23 @@ def paper_scenarios_keys(path: str | Path | None = None) -> frozenset[str]:
     from agreemate_lib.training.splits import listing_key
 
     return frozenset(listing_key(s.title) for s in paper_scenarios(path))
+
+
+def paper_listing_report(source: str | None = None) -> dict:
+    """How the paper's 30 listings match train_scenarios.csv (by listing key): the titles without a match, and the
+    matched ones whose published buyer target is none of that listing's targets in the dataset."""
+    from agreemate_lib.core.scenarios import load_scenarios
+    from agreemate_lib.training.splits import listing_key
+
+    targets: dict[str, set[float]] = {}
+    for s in load_scenarios("train", source).scenarios:
+        targets.setdefault(listing_key(s.title), set()).add(round(s.buyer_target, 2))
+    unmatched, other_target = [], []
+    for s in paper_scenarios():
+        k = listing_key(s.title)
+        if k not in targets:
+            unmatched.append(s.title)
+        elif round(s.buyer_target, 2) not in targets[k]:
+            other_target.append(s.title)
+    return {"listings": 30, "matched": 30 - len(unmatched), "unmatched_titles": unmatched,
+            "matched_with_other_buyer_target": other_target}

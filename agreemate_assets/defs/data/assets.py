@@ -9,7 +9,7 @@ from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, a
 
 from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.core.io import frame_version
-from agreemate_lib.core.scenarios import sample_scenarios
+from agreemate_lib.core.scenarios import study_scenarios
 
 from ...lib.metadata import md_table
 from ...lib.resources import StudySettings
@@ -35,7 +35,7 @@ def craigslist_raw() -> DataVersion:
 @asset(group_name="data", deps=[craigslist_raw], code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        description="The seeded scenario sample every model pair negotiates over, with the study's run settings.")
 def scenarios(context: AssetExecutionContext, study: StudySettings) -> Output[pd.DataFrame]:
-    sset = sample_scenarios(study.split, study.n_scenarios, study.seed, source=study.source())
+    sset = study_scenarios(study.split, study.n_scenarios, study.seed, source=study.source())
     df = pd.DataFrame([s.to_dict() for s in sset.scenarios])
     run_settings = {"max_turns": study.max_turns, "replicates": study.replicates, "buyer_opens": study.buyer_opens,
                     "seed": study.seed}
@@ -43,7 +43,14 @@ def scenarios(context: AssetExecutionContext, study: StudySettings) -> Output[pd
     version = frame_version(df)  # the content: ids, listings, targets and run settings
     for d in sset.dropped[:20]:
         context.log.warning(f"dropped {d}")
+    extra = {}
+    if study.split == "paper":
+        from agreemate_lib.evaluation.paper import paper_listing_report
+
+        extra["paper_listings_vs_train_scenarios"] = MetadataValue.json(paper_listing_report(study.source()))
     return Output(df, data_version=DataVersion(version), metadata={
+        **extra,
+        "split": study.split,
         "content_version": version,
         "count": len(df),
         "categories": MetadataValue.json(df["category"].value_counts().to_dict()),
