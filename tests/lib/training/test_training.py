@@ -8,8 +8,8 @@ import pytest
 
 from agreemate_lib.training.lora import (
     LoraTrainConfig,
-    encode_dialogue,
     ema_update,
+    encode_dialogue,
     lr_multiplier,
     perplexity_reduction,
     train_lora,
