@@ -81,7 +81,9 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         summary = summarize_pairs_then_groups(table, "cot", n_boot=args.n_boot)
         col = "cot"
     else:
-        summary = summarize(table, "pair", n_boot=args.n_boot)
+        from agreemate_lib.evaluation.human import human_act_distribution
+
+        summary = summarize(table, "pair", n_boot=args.n_boot, act_reference=human_act_distribution())
         col = "pair"
     if args.json:
         print(json.dumps(to_json_records(summary, col)))

@@ -19,6 +19,8 @@ class NegotiationOutcome:
     actions: Sequence[str]
     prices: Sequence[float | None]  # one per turn; None where the turn named no price
     speakers: Sequence[str] | None = None  # "buyer"/"seller" per turn; needed by the corrected concession rate
+    utterances: Sequence[str] | None = None  # per turn (competence metrics); None where not recorded
+    seller_bottom_line: float | None = None  # the seller's reservation price, where known
 
 
 @dataclass
@@ -77,6 +79,9 @@ class Negotiation:
             actions=[t.action for t in self.turns],
             prices=[t.price for t in self.turns],
             speakers=[t.speaker for t in self.turns],
+            utterances=[t.utterance for t in self.turns],
+            seller_bottom_line=(float(self.scenario["seller_reservation"])
+                                if self.scenario.get("seller_reservation") is not None else None),
         )
 
     def summary_row(self) -> dict[str, Any]:

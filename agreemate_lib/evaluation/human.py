@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 
 from agreemate_lib.core.records import Negotiation, Turn
@@ -34,3 +36,15 @@ def human_negotiations(split: str = "validation", source: str | None = None, ann
 
 def human_baseline_table(split: str = "validation", source: str | None = None) -> pd.DataFrame:
     return negotiation_table(human_negotiations(split, source))
+
+
+@functools.lru_cache(maxsize=4)
+def human_act_distribution(split: str = "validation", source: str | None = None) -> dict[str, float]:
+    """The dialogue-act distribution of the annotated human dialogues (``unknown`` left out): the reference for
+    ``act_divergence``. Empty when the data is not there (the divergence is then NaN, never a made-up number)."""
+    from agreemate_lib.evaluation.metrics import act_distribution
+
+    try:
+        return act_distribution([[t.action for t in n.turns] for n in human_negotiations(split, source)])
+    except FileNotFoundError:
+        return {}

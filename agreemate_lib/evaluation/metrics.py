@@ -164,6 +164,77 @@ def probing_ratio(x: MetricInputs) -> float:
     return sum(1 for a in x.outcome.actions if a == "inquire") / x.n if x.n else NAN
 
 
+# --- Competence: what a haggler should never do, and how far it is from people ------------------------------------
+
+
+@register_metric("deal_outside_limits", formula="1 if a deal at p < the seller's bottom line or p > L, else 0",
+                 bounds=(0.0, 1.0), doc_range="{0, 1}", undefined="no deal; bottom line unknown", direction="lower")
+def deal_outside_limits(x: MetricInputs) -> float:
+    R = x.outcome.seller_bottom_line
+    if x.p is None or R is None:
+        return NAN
+    return float(x.p < R - 1e-9 or x.p > x.L + 1e-9)
+
+
+@register_metric("reneging_rate", formula="share of a side's consecutive own prices that move away from the other "
+                 "side (a buyer lowering, a seller raising its price)", bounds=(0.0, 1.0), doc_range="[0, 1]",
+                 undefined="no side named two prices; speakers unknown", direction="lower")
+def reneging_rate(x: MetricInputs) -> float:
+    if x.outcome.speakers is None:
+        return NAN
+    last: dict[str, float] = {}
+    moves = away = 0
+    for who, price in zip(x.outcome.speakers, x.prices):
+        if price is None:
+            continue
+        if who in last and price != last[who]:
+            moves += 1
+            away += (price < last[who]) if who == "buyer" else (price > last[who])
+        last[who] = price
+    return away / moves if moves else NAN
+
+
+@register_metric("utterance_price_mismatch", formula="share of turns whose words name a price (within 0.1 L .. 3 L) "
+                 "that is not the turn's price field", bounds=(0.0, 1.0), doc_range="[0, 1]",
+                 undefined="no turn names a price in its words; utterances unknown", direction="lower")
+def utterance_price_mismatch(x: MetricInputs) -> float:
+    from agreemate_lib.core.money import price_spans
+
+    if x.outcome.utterances is None:
+        return NAN
+    said = bad = 0
+    for utt, price in zip(x.outcome.utterances, x.prices):
+        named = [s.value for s in price_spans(utt or "") if 0.1 * x.L <= s.value <= 3 * x.L]
+        if not named:
+            continue
+        said += 1
+        bad += price is None or all(abs(v - price) > max(0.01, 0.005 * price) for v in named)
+    return bad / said if said else NAN
+
+
+@register_metric("accepted_unoffered", formula="1 if the deal's price is none of the prices the other side (the "
+                 "one that did not close) named, else 0", bounds=(0.0, 1.0), doc_range="{0, 1}",
+                 undefined="no deal; speakers unknown", direction="lower")
+def accepted_unoffered(x: MetricInputs) -> float:
+    sp = x.outcome.speakers
+    if x.p is None or not sp:
+        return NAN
+    closer = sp[-1]
+    offered = [p for who, p in zip(sp, x.prices) if who != closer and p is not None]
+    return float(not any(abs(p - x.p) < 0.005 for p in offered))
+
+
+@register_metric("opening_offer_share", formula="the buyer's first price / L", bounds=(0.0, None),
+                 doc_range="≥ 0 (1 = opens at the listing price)", undefined="the buyer named no price; speakers "
+                 "unknown")
+def opening_offer_share(x: MetricInputs) -> float:
+    sp = x.outcome.speakers
+    if not sp:
+        return NAN
+    first = next((p for who, p in zip(sp, x.prices) if who == "buyer" and p is not None), None)
+    return first / x.L if first is not None and x.L > 0 else NAN
+
+
 def metric_names() -> tuple[str, ...]:
     """Every registered metric, in report order (registration order)."""
     return tuple(METRICS)
@@ -240,3 +311,42 @@ def aggregate(rows: Sequence[dict[str, float]], n_boot: int = 2000, seed: int = 
         out[f"{name}_ci_high"] = est.high
         out[f"{name}_n"] = float(est.n)
     return out
+
+
+# --- Distance from human behaviour: the dialogue-act distribution ----------------------------------------------------
+
+
+def act_distribution(action_lists: Iterable[Sequence[str]]) -> dict[str, float]:
+    """Share of each act over all turns of the negotiations (``unknown`` left out: it is no behaviour)."""
+    from collections import Counter
+
+    c = Counter(a for acts in action_lists for a in acts if a != "unknown")
+    total = sum(c.values())
+    return {a: n / total for a, n in sorted(c.items())} if total else {}
+
+
+def js_divergence(p: dict[str, float], q: dict[str, float]) -> float:
+    """Jensen-Shannon divergence in bits, in [0, 1]: 0 = the same act distribution, 1 = disjoint."""
+    if not p or not q:
+        return NAN
+    keys = set(p) | set(q)
+    m = {k: (p.get(k, 0.0) + q.get(k, 0.0)) / 2 for k in keys}
+
+    def kl(a: dict[str, float]) -> float:
+        return sum(v * math.log2(v / m[k]) for k, v in a.items() if v > 0)
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def act_divergence(action_lists: Sequence[Sequence[str]], reference: dict[str, float], n_boot: int = 2000,
+                   seed: int = 0) -> Estimate:
+    """JS divergence of a group's pooled act distribution from ``reference`` (the human dialogues'), with a
+    bootstrap 95% CI over negotiations."""
+    n = len(action_lists)
+    if not n or not reference:
+        return Estimate(NAN, NAN, NAN, n)
+    point = js_divergence(act_distribution(action_lists), reference)
+    rng = np.random.default_rng(seed)
+    boots = [js_divergence(act_distribution([action_lists[i] for i in rng.integers(0, n, n)]), reference)
+             for _ in range(n_boot)]
+    return Estimate(point, float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5)), n)

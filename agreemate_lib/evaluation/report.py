@@ -65,7 +65,10 @@ def build_report(out_dir: str | Path, table: pd.DataFrame, turns: pd.DataFrame,
         turns = pd.concat([turns, negotiations_to_frame(humans)], ignore_index=True)
     sections = []
     if len(table):
-        summary = summarize(table, "pair", n_boot=n_boot)
+        from agreemate_lib.evaluation.human import human_act_distribution
+
+        summary = summarize(table, "pair", n_boot=n_boot, act_reference=human_act_distribution("validation",
+                                                                                               human_source))
         sections.append(("Metrics per pair (mean [95% bootstrap CI])",
                          with_ci(summary, "pair").to_html(index=False, border=0, classes="t")))
         for name, chart in figure_charts(table, turns).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,13 @@ import numpy as np
 import pandas as pd
 
 from agreemate_lib.core.records import Negotiation, frame_to_negotiations
-from agreemate_lib.evaluation.metrics import aggregate, bootstrap_mean, metric_names, negotiation_metrics
+from agreemate_lib.evaluation.metrics import (
+    act_divergence,
+    aggregate,
+    bootstrap_mean,
+    metric_names,
+    negotiation_metrics,
+)
 from agreemate_lib.evaluation.paper import detect_paper_variant, is_cot_pair, pair_from_filename, read_published_csv
 
 
@@ -40,6 +47,7 @@ def negotiation_table(negotiations: Sequence[Negotiation], mode: str = "correcte
             "anomalies": len(n.anomalies),
             "error": n.error,
             "formula": mode_used,
+            "actions": json.dumps([t.action for t in n.turns]),
         } | m)
     return pd.DataFrame(rows)
 
@@ -67,6 +75,7 @@ def published_table(path: str | Path, mode: str = "corrected") -> pd.DataFrame:
             "n_turns": len(r.raw_actions),
             "anomalies": int(r.accepted_without_price) + r.n_unknown_actions,
             "formula": used,
+            "actions": json.dumps(list(r.outcome.actions)),
         } | m)
     return pd.DataFrame(out)
 
@@ -95,11 +104,14 @@ def load_table(paths: Iterable[str | Path], mode: str = "corrected") -> pd.DataF
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def summarize(table: pd.DataFrame, by: str | list[str] = "pair", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def summarize(table: pd.DataFrame, by: str | list[str] = "pair", n_boot: int = 2000, seed: int = 0,
+              act_reference: dict[str, float] | None = None) -> pd.DataFrame:
     """Mean and bootstrap 95% CI of every metric per group, pooled over the negotiations that ended with a result.
 
     ``error`` negotiations (no reply from a backend) are left out of every metric: ``n`` counts the scored
-    negotiations, ``n_error`` the others, ``error_rate`` = n_error / (n + n_error)."""
+    negotiations, ``n_error`` the others, ``error_rate`` = n_error / (n + n_error). With ``act_reference`` (an act
+    distribution, e.g. :func:`~agreemate_lib.evaluation.human.human_act_distribution`) and an ``actions`` column,
+    ``act_divergence`` is each group's JS divergence from it, with a CI over negotiations."""
     keys = [by] if isinstance(by, str) else by
     rows = []
     for key, g_all in table.groupby(keys, sort=True):
@@ -113,6 +125,9 @@ def summarize(table: pd.DataFrame, by: str | list[str] = "pair", n_boot: int = 2
         row["error_rate"] = float(errors.mean()) if len(g_all) else 0.0
         row["parse_failure_rate"] = float(g["parse_failures"].sum() / max(1, g["n_turns"].sum()))
         row["anomaly_rate"] = float((g["anomalies"] > 0).mean())
+        if act_reference is not None and "actions" in g:
+            est = act_divergence([json.loads(a) for a in g["actions"]], act_reference, n_boot=n_boot, seed=seed)
+            row |= {"act_divergence": est.mean, "act_divergence_ci_low": est.low, "act_divergence_ci_high": est.high}
         rows.append(row | agg)
     return pd.DataFrame(rows)
 
@@ -145,7 +160,7 @@ def to_json_records(summary: pd.DataFrame, group_col: str) -> list[dict]:
 def with_ci(summary: pd.DataFrame, key: str) -> pd.DataFrame:
     """Each metric as "mean [low, high]" (95% bootstrap CI), beside the counts: tables a person reads."""
     out = summary[[key, "n", *[c for c in ("error_rate",) if c in summary]]].copy()
-    for m in metric_names():
+    for m in (*metric_names(), "act_divergence"):
         if m in summary:
             out[m] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(v) else "" for v, lo, hi in
                       zip(summary[m], summary[f"{m}_ci_low"], summary[f"{m}_ci_high"])]

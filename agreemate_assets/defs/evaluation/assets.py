@@ -120,8 +120,11 @@ def metrics_by_negotiation(context: AssetExecutionContext, study: StudySettings,
 @asset(group_name="evaluation", code_version=CODE_VERSION, kinds={"pandas", "parquet"},
        description="All metrics with bootstrap 95% CIs, one row per materialized model pair.")
 def metrics(study: StudySettings, metrics_by_negotiation: pd.DataFrame) -> Output[pd.DataFrame]:
+    from agreemate_lib.evaluation.human import human_act_distribution
+
     per_neg = metrics_by_negotiation
-    table = summarize(per_neg, "pair", n_boot=study.bootstrap_resamples()) if len(per_neg) else \
+    table = summarize(per_neg, "pair", n_boot=study.bootstrap_resamples(),
+                      act_reference=human_act_distribution("validation", study.source())) if len(per_neg) else \
         pd.DataFrame(columns=["pair", "n", "n_error", "error_rate", *metric_names()])
     cols = ["pair", "n", "error_rate", *metric_names()]
     return Output(table, metadata={

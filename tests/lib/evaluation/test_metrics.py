@@ -153,3 +153,33 @@ def test_paper_modes_reproduce_every_stored_cell_of_every_file():
                 if not _close(v, m[k]):
                     wrong.append((f.name, r.row, k, v, m[k]))
     assert checked == 21330 and wrong == [], wrong[:5]
+
+
+def test_competence_metrics_on_a_bad_haggler():
+    from agreemate_lib.core.records import NegotiationOutcome
+    from agreemate_lib.evaluation.metrics import act_distribution, js_divergence, negotiation_metrics
+
+    # buyer opens at 60, seller 95, buyer reneges to 55, seller raises to 98 (reneges), buyer says "$70" but its price
+    # field says 90, seller accepts at 90: below nothing, above nothing; then a second outcome below the bottom line
+    o = NegotiationOutcome(listing_price=100.0, buyer_target=60.0, seller_target=100.0, agreed=True,
+                           accepted_price=90.0, actions=["init-price", "counter-price", "counter-price",
+                                                         "counter-price", "offer", "accept"],
+                           prices=[60.0, 95.0, 55.0, 98.0, 90.0, None],
+                           speakers=["buyer", "seller", "buyer", "seller", "buyer", "seller"],
+                           utterances=["$60?", "95", "55 then", "I said $98", "I can do $70", "Deal."],
+                           seller_bottom_line=70.0)
+    m = negotiation_metrics(o)
+    assert m["reneging_rate"] == pytest.approx(2 / 3)  # buyer 60->55 and seller 95->98 away; buyer 55->90 toward
+    assert m["utterance_price_mismatch"] == pytest.approx(1 / 5)  # "$70" with price 90
+    assert m["deal_outside_limits"] == 0.0 and m["accepted_unoffered"] == 0.0
+    assert m["opening_offer_share"] == pytest.approx(0.6)
+    low = NegotiationOutcome(**{**o.__dict__, "accepted_price": 65.0, "prices": [60.0, 95.0, 62.0, 90.0, 65.0, None]})
+    m2 = negotiation_metrics(low)
+    assert m2["deal_outside_limits"] == 1.0 and m2["reneging_rate"] == 0.0
+    unoffered = NegotiationOutcome(**{**o.__dict__, "accepted_price": 80.0})
+    assert negotiation_metrics(unoffered)["accepted_unoffered"] == 1.0
+    no_words = NegotiationOutcome(**{**o.__dict__, "utterances": None})
+    assert math.isnan(negotiation_metrics(no_words)["utterance_price_mismatch"])
+    p = act_distribution([["offer", "accept"], ["inquire", "unknown"]])
+    assert p == {"accept": 1 / 3, "inquire": 1 / 3, "offer": 1 / 3}
+    assert js_divergence(p, p) == 0.0 and js_divergence({"a": 1.0}, {"b": 1.0}) == pytest.approx(1.0)
