@@ -67,3 +67,65 @@ def test_removing_and_disabling_agents(tmp_path, dagster_home, data_dir):
         # rb-b's pair is stored but left out; rb-c's partitions are gone, so its pairs are no longer inputs at all
         assert left == {"rb-a|rb-b": "rb-b is not an enabled agent of the roster"}
         assert pd.read_parquet(tmp_path / "r" / "metrics.parquet").empty
+
+
+def test_roster_sensor_through_the_daemon(tmp_path, data_dir):
+    """The real path: `dagster sensor start`, then `dagster-daemon run` ticks the sensor on its own schedule,
+    registers the roster's agents, and its run requests go through the run queue and materialize each agent's
+    config partitions. Every tick must succeed or skip; none may fail."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from dagster import AssetKey, DagsterRunStatus, RunsFilter
+    from dagster._core.scheduler.instigation import TickStatus
+
+    from tests.conftest import ROOT
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    roster = tmp_path / "agents.yaml"
+    roster.write_text(yaml.safe_dump({"agents": [{"id": "rb-a", "backend": "rule-based"},
+                                                 {"id": "rb-b", "backend": "rule-based", "beta": 2.0}]}))
+    env = os.environ | {"DAGSTER_HOME": str(home), "AGREEMATE_ROSTER": str(roster),
+                        "AGREEMATE_RESULTS_DIR": str(tmp_path / "results"), "AGREEMATE_DATA_DIR": str(data_dir),
+                        "OMP_NUM_THREADS": "1"}
+    bindir = os.path.dirname(sys.executable)
+    workspace = ["-w", str(ROOT / "workspace.yaml")]
+    subprocess.run([f"{bindir}/dagster", "sensor", "start", "roster_sensor", *workspace], env=env, cwd=ROOT,
+                   check=True, capture_output=True, timeout=120)
+    log = (tmp_path / "daemon.log").open("w")
+    daemon = subprocess.Popen([f"{bindir}/dagster-daemon", "run", *workspace], env=env, cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        from dagster import DagsterInstance
+
+        deadline = time.time() + 240
+        with DagsterInstance.from_config(str(home)) as instance:
+            done = False
+            while time.time() < deadline and not done:
+                time.sleep(3)
+                runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
+                done = {r.job_name for r in runs} >= {"buyer_config", "seller_config"} and len(runs) >= 4
+            ticks = [t for s in instance.all_instigator_state() for t in instance.get_ticks(s.instigator_origin_id,
+                                                                                              s.selector_id)]
+            assert ticks, "the daemon never ticked the sensor"
+            failed = [t.error.message for t in ticks if t.status == TickStatus.FAILURE]
+            assert not failed, failed
+            assert done, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert sorted(instance.get_dynamic_partitions("buyer_agents")) == ["rb-a", "rb-b"]
+            for key in ("buyer_agent_config", "seller_agent_config"):
+                mats = instance.get_materialized_partitions(AssetKey(key))
+                assert mats == {"rb-a", "rb-b"}, (key, mats)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+        log.close()
