@@ -139,7 +139,7 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
     buyer_spec, seller_spec = agent_spec(buyer_config), agent_spec(seller_config)
     scen, run_settings = scenario_records(scenarios)
     cfg = RunConfig(max_turns=run_settings["max_turns"], buyer_opens=run_settings["buyer_opens"],
-                    seed=run_settings["seed"], replicates=run_settings["replicates"])
+                    seed=run_settings["seed"], replicates=run_settings["replicates"], mode=study.runner_mode)
 
     cache = None
     if study.response_cache:
