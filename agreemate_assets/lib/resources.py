@@ -27,7 +27,7 @@ class StudySettings(ConfigurableResource):
     replicates: int = 1
     buyer_opens: bool = True
     response_cache: bool = True
-    runner_mode: str = Field(default="engine", description="engine (dialogues batched in lockstep) or naive (one "
+    runner_mode: str = Field(default="batched", description="batched (dialogues in lockstep) or naive (one "
                              "dialogue at a time, the reference path); the transcripts do not depend on it in fp32")
     n_boot: int = Field(default=0, description="bootstrap resamples for CIs in asset tables (0: the setting, 2000)")
     probe_transcripts: int = Field(default=24, description="transcripts per probing variant")

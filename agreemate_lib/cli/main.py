@@ -120,6 +120,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train one role's adapter on whole dialogues and write its manifest (the same code the lora_adapters asset
+    runs; `--ship` then copies it to adapters/<model>/<role>)."""
+    import shutil
+
+    from agreemate_lib.core.io import frame_version
+    from agreemate_lib.core.settings import data_dir
+    from agreemate_lib.evaluation.paper import paper_scenarios_keys
+    from agreemate_lib.training.lora import LoraTrainConfig, train_lora
+    from agreemate_lib.training.shipping import shipped_adapter_dir, write_manifest
+    from agreemate_lib.training.splits import build_role_splits
+
+    cfg = LoraTrainConfig(**json.loads(args.config)) if args.config else LoraTrainConfig()
+    d = data_dir()
+    splits = build_role_splits(args.data, d / "deal_or_no_deal" if d else None,
+                               exclude_listings=paper_scenarios_keys(), seed=args.seed)
+    df = splits[args.role]
+    cfg = cfg.resolved(seed=args.seed)
+    m = train_lora(df[df["split"] == "train"], df[df["split"] == "validation"], args.out, cfg,
+                   log=lambda s: print(s, flush=True))
+    manifest = write_manifest(args.out, role=args.role, training_config=cfg.model_dump(),
+                              data_version=frame_version(df), metrics=m)
+    print(json.dumps({k: manifest[k] for k in ("digest", "data_version", "size_bytes")} | {
+        k: m[k] for k in ("perplexity_reduction", "perplexity_reduction_ci_low", "perplexity_reduction_ci_high",
+                          "stop_reason", "wall_s")}))
+    if args.ship:
+        dest = shipped_adapter_dir(cfg.model, args.role)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("adapter_model.safetensors", "adapter_config.json", "manifest.json", "curves.parquet"):
+            shutil.copy2(Path(args.out) / name, dest / name)
+        print(f"shipped to {dest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agreemate",
                                 description="LLM buyers and sellers haggling over Craigslist listings")
@@ -161,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-llama-cpp", action="store_true")
     b.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
     b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser("train", help="fine-tune a role adapter (LoRA) on every Craigslist dialogue, whole dialogues")
+    t.add_argument("role", choices=["buyer", "seller", "generalist"])
+    t.add_argument("--out", required=True)
+    t.add_argument("--config", default=None, help="JSON of LoraTrainConfig fields (default: the shipped settings)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data", default=None, help="Craigslist Bargains folder (default: the data setting)")
+    t.add_argument("--ship", action="store_true", help="copy the result to adapters/<model>/<role>")
+    t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("report", help="render the static HTML report (tables, figures, transcript browser)")
     r.add_argument("--out", required=True)

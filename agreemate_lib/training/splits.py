@@ -278,3 +278,16 @@ def heldout_train_scenarios(n: int, seed: int = 0, source: str | None = None,
     if n > len(pool):
         raise ValueError(f"asked for {n} held-out train listings but only {len(pool)} are not excluded")
     return random.Random(seed).sample(pool, n)
+
+
+def trained_listing_keys(source: str | None = None, seed: int = 0) -> frozenset[str]:
+    """The listings whose dialogues an adapter of this project trains on (the train split of the role splits built
+    with the default settings): probing and evaluation leave them out, so what they find is not memorisation."""
+    from agreemate_lib.evaluation.paper import paper_scenarios_keys
+
+    try:
+        paper = paper_scenarios_keys()
+    except FileNotFoundError:
+        paper = frozenset()
+    g = build_role_splits(source, exclude_listings=paper, seed=seed)["generalist"]
+    return frozenset(g.loc[g["split"] == "train", "listing_key"])

@@ -40,14 +40,21 @@ def probe_dir(store: ResultsStore) -> Path:
 
 
 def sample_transcripts(turns: pd.DataFrame, study: StudySettings, n: int, seed: int):
-    """A fixed, seeded set: half our own runs (when any are materialized), half human dialogues."""
+    """A fixed, seeded set: half our own runs (when any are materialized), half human dialogues; none about a listing
+    whose dialogues an adapter trained on (so base-vs-adapter differences are not memorisation)."""
     from agreemate_lib.core.records import frame_to_negotiations
     from agreemate_lib.evaluation.human import human_negotiations
+    from agreemate_lib.training.splits import listing_key, trained_listing_keys
 
     rng = random.Random(seed)
+    trained = trained_listing_keys(study.source(), study.seed)
     ours = frame_to_negotiations(turns) if len(turns) else []
-    ours = [x for x in ours if len(x.turns) >= 3]
-    humans = human_negotiations("validation", study.source())
+    ours = [x for x in ours if len(x.turns) >= 3 and listing_key(x.scenario.get("title", "")) not in trained]
+    humans = [h for h in human_negotiations("validation", study.source())
+              if listing_key(h.scenario.get("title", "")) not in trained]
+    if len(humans) < n - min(len(ours), n // 2):
+        raise ValueError(f"only {len(humans)} human dialogues are about listings no adapter trained on; "
+                         f"lower probe_transcripts (now {n})")
     k = min(len(ours), n // 2)
     picked = rng.sample(sorted(ours, key=lambda x: x.negotiation_id), k) + \
         rng.sample(sorted(humans, key=lambda x: x.negotiation_id), n - k)
