@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agreemate_lib.evaluation.tables import summarize, summarize_pairs_then_groups
+from agreemate_lib.evaluation.tables import published_table, summarize, summarize_pairs_then_groups
 
 SIZES = ("3B", "8B", "70B")
 TABLE3_METRICS = ("aggressiveness", "bias", "dialogue_length", "fairness", "concession_rate", "probing_ratio",
@@ -85,3 +85,45 @@ def group_tables(table: pd.DataFrame, groups: dict[str, str], n_boot: int = 2000
     pooled = summarize(t, "group", n_boot=n_boot).assign(by="negotiations")
     over_pairs = summarize_pairs_then_groups(t, "group", n_boot=n_boot).assign(by="pairs")
     return pd.concat([over_pairs, pooled], ignore_index=True)
+
+
+#: The metrics the "does fine-tuning teach haggling?" comparison tests, pair against pair, per scenario.
+FINETUNE_METRICS = ("agreement_rate", "dialogue_length", "fairness", "deal_outside_limits", "reneging_rate",
+                    "utterance_price_mismatch", "opening_offer_share")
+
+#: Our default pairs that the comparison reads (roster ids; see agents.yaml).
+FINETUNE_PAIRS = {"fine-tuned": "smollm2-ft-buyer+smollm2-ft-seller",
+                  "generalist": "smollm2-ft-generalist+smollm2-ft-generalist",
+                  "base": "smollm2+smollm2"}
+PUBLISHED_FINETUNED = {"llama-3b fine-tuned (published)": "finetune-3B-buyer+finetune-3B-seller.csv",
+                       "llama-3b generalist (published)": "generalist-3B-buyer+generalist-3B-seller.csv"}
+
+
+def finetuning_comparison(table: pd.DataFrame, published_dir: str | Path | None = None,
+                          pairs: dict[str, str] = FINETUNE_PAIRS, metrics: Sequence[str] = FINETUNE_METRICS,
+                          n_perm: int = 10000) -> pd.DataFrame:
+    """Paired per-scenario tests of each fine-tuned pair against base (and against the published Llama-3B fine-tuned
+    rows on the same listings where the scenarios are the paper's): one row per (comparison, metric)."""
+    t = table[table["outcome"] != "error"] if "outcome" in table else table
+    frames = [t]
+    others: dict[str, str] = {}
+    if published_dir:
+        for label, name in PUBLISHED_FINETUNED.items():
+            p = Path(published_dir) / name
+            if p.is_file():
+                pub = published_table(p, "corrected")
+                others[label] = str(pub["pair"].iloc[0])
+                frames.append(pub)
+    allt = pd.concat(frames, ignore_index=True)
+    base = pairs.get("base")
+    rows = []
+    for label in ("fine-tuned", "generalist"):
+        mine = pairs.get(label)
+        if mine is None or mine not in set(allt["pair"]):
+            continue
+        against = ([("base", base)] if base in set(allt["pair"]) else []) + list(others.items())
+        for what, other in against:
+            for m in metrics:
+                r = paired_comparison(allt, mine, other, m, n_perm=n_perm)
+                rows.append({"ours": label, "against": what} | r)
+    return pd.DataFrame(rows)

@@ -64,6 +64,7 @@ def build_report(out_dir: str | Path, table: pd.DataFrame, turns: pd.DataFrame,
         table = pd.concat([table, negotiation_table(humans)], ignore_index=True)
         turns = pd.concat([turns, negotiations_to_frame(humans)], ignore_index=True)
     sections = []
+    summary = None
     if len(table):
         from agreemate_lib.evaluation.human import human_act_distribution
 
@@ -75,6 +76,9 @@ def build_report(out_dir: str | Path, table: pd.DataFrame, turns: pd.DataFrame,
             paths = F.save_chart(chart, figdir, name)
             sections.append((name.replace("_", " "), _img(paths["png"]) +
                              f'<p><a href="figures/{name}.html">interactive</a></p>'))
+    ft = finetuning_section(table, summary if len(table) else None, published_dir)
+    if ft:
+        sections.append(("Does fine-tuning teach haggling?", ft))
     if published_dir and Path(published_dir).is_dir():
         t3 = table3(published_dir, paper_table3_files(), "paper")
         paper = pd.DataFrame([{"cot": k, **v} for k, v in PAPER_TABLE3.items()])
@@ -99,6 +103,25 @@ table.t td,table.t th{{padding:2px 6px;border-bottom:1px solid #ddd;text-align:r
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def finetuning_section(table: pd.DataFrame, summary: pd.DataFrame | None, published_dir) -> str:
+    """Fine-tuned vs base vs human (and the published Llama-3B fine-tuned rows): the pairs' means with CIs, the act
+    divergence from the human dialogues, and paired per-scenario tests. Empty when no fine-tuned pair was run."""
+    from agreemate_lib.evaluation.comparisons import FINETUNE_METRICS, FINETUNE_PAIRS, finetuning_comparison
+
+    if summary is None or FINETUNE_PAIRS["fine-tuned"] not in set(summary["pair"]):
+        return ""
+    keep = [*FINETUNE_PAIRS.values(), "human+human"]
+    rows = with_ci(summary[summary["pair"].isin(keep)], "pair")
+    cols = ["pair", "n", "error_rate", "act_divergence", *FINETUNE_METRICS]
+    tests = finetuning_comparison(table, published_dir)
+    return ("<p>Means with 95% bootstrap CIs; act_divergence is the JS divergence of each pair's dialogue acts from "
+            "the human dialogues' (0 = the same distribution).</p>" +
+            rows[[c for c in cols if c in rows]].to_html(index=False, border=0, classes="t") +
+            "<p>Paired per-scenario differences (ours minus the other; sign-flip permutation test, bootstrap CI):</p>" +
+            _table_html(tests, ["ours", "against", "metric", "n_matched", "mean_difference", "ci_low", "ci_high",
+                                "p_value"]))
 
 
 def _browser(turns: pd.DataFrame) -> str:
