@@ -3,7 +3,6 @@
 import pytest
 
 
-
 def test_finetuning_comparison_pairs_per_scenario_with_the_published_rows():
     import pandas as pd
 
