@@ -79,6 +79,38 @@ def length_distribution(table: pd.DataFrame):
     ).properties(width=320, height=60, title="dialogue length per pair")
 
 
+#: Competence metrics drawn per pair (what a haggler should never do, and how close it opens to people).
+COMPETENCE_METRICS = ("deal_outside_limits", "reneging_rate", "utterance_price_mismatch", "accepted_unoffered",
+                      "opening_offer_share")
+
+
+def competence_frame(table: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
+    """Per pair and competence metric: the mean and its bootstrap 95% CI over the pair's negotiations."""
+    from agreemate_lib.evaluation.metrics import bootstrap_mean
+
+    t = table[table["outcome"] != "error"] if "outcome" in table else table
+    rows = []
+    for pair, g in t.groupby("pair", sort=True):
+        for m in COMPETENCE_METRICS:
+            if m in g:
+                e = bootstrap_mean(g[m].tolist(), n_boot=n_boot)
+                rows.append({"pair": pair, "metric": m, "mean": e.mean, "low": e.low, "high": e.high, "n": e.n})
+    return pd.DataFrame(rows).dropna(subset=["mean"])
+
+
+def competence(table: pd.DataFrame):
+    """Competence per pair: means with 95% CIs, one panel per metric (the human dialogues included as a pair)."""
+    alt = _alt()
+    df = competence_frame(table)
+    base = alt.Chart(df).encode(y=alt.Y("pair:N", title=None))
+    points = base.mark_point(filled=True).encode(x=alt.X("mean:Q", title=None), color="pair:N",
+                                                 tooltip=["pair", "metric", "mean", "low", "high", "n"])
+    bars = base.mark_rule().encode(x="low:Q", x2="high:Q", color="pair:N")
+    return alt.layer(bars, points, data=df).properties(width=220, height=alt.Step(14)).facet(
+        column=alt.Column("metric:N", title=None)).resolve_scale(x="independent").properties(
+        title="competence per pair (mean, 95% CI)")
+
+
 def save_chart(chart, out_dir: str | Path, name: str) -> dict[str, Path]:
     """Write ``name.vl.json``, ``name.html`` and ``name.png``; returns their paths."""
     out = Path(out_dir)

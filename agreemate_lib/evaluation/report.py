@@ -41,6 +41,7 @@ def figure_charts(table: pd.DataFrame, turns: pd.DataFrame) -> dict:
         charts["price_progression"] = F.price_progression(turns)
         charts["action_distribution"] = F.action_distribution(turns)
     charts["length_distribution"] = F.length_distribution(table)
+    charts["competence"] = F.competence(table)
     return charts
 
 

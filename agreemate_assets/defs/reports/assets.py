@@ -19,7 +19,7 @@ from ..negotiation.assets import ALL_TRANSCRIPTS, all_turns
 CODE_VERSION = source_version(__name__, "agreemate_lib.core", "agreemate_lib.evaluation")
 
 FIGURES = [f"heatmap_{m}" for m in F.HEATMAP_METRICS] + ["price_progression", "action_distribution",
-                                                         "length_distribution"]
+                                                         "length_distribution", "competence"]
 def with_humans(table: pd.DataFrame, turns: pd.DataFrame, study: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     from agreemate_lib.core.records import negotiations_to_frame
     from agreemate_lib.evaluation.human import human_negotiations
@@ -44,8 +44,8 @@ def figure_asset(name: str) -> AssetsDefinition:
         table, turns = with_humans(metrics_by_negotiation, all_turns(transcripts, metrics_by_negotiation), study)
         if name in ("price_progression", "action_distribution"):
             chart = getattr(F, name)(turns)
-        elif name == "length_distribution":
-            chart = F.length_distribution(table)
+        elif name in ("length_distribution", "competence"):
+            chart = getattr(F, name)(table)
         else:
             chart = F.pair_heatmap(table, name.removeprefix("heatmap_"))
         paths = F.save_chart(chart, results_store.local_dir("figures"), name)
