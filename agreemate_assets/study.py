@@ -99,6 +99,11 @@ class StudyResults(dict):
         return all(self.values()) and self.metrics_ok and self.reports_ok and not self.failures
 
 
+#: The columns the main job prints (every metric with CIs is in metrics.parquet, the UI and the report).
+SHOWN = ["pair", "n", "error_rate", "agreement_rate", "dialogue_length", "fairness", "bias", "act_divergence",
+         "deal_outside_limits", "reneging_rate", "utterance_price_mismatch", "opening_offer_share"]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m agreemate_assets.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,12 +142,12 @@ def main(argv=None) -> int:
         import pandas as pd
         from upath import UPath
 
-        from agreemate_lib.evaluation.metrics import metric_names
-
         with (UPath(out) / "metrics.parquet").open("rb") as fh:
             table = pd.read_parquet(fh)
-        with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 3):
-            print(table[["pair", "n", "error_rate", *metric_names()]].to_string(index=False))
+        cols = [c for c in SHOWN if c in table]
+        with pd.option_context("display.width", 250, "display.max_columns", None, "display.precision", 3):
+            print(table[cols].to_string(index=False))
+        print("(every metric with its CI: the metrics asset in the UI, metrics.parquet, or the report)")
     except (OSError, KeyError) as exc:
         print(f"(no metrics table: {exc})")
     if not results.ok:
