@@ -115,7 +115,6 @@ def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[l
     view = sc.view_for(role)
     history: list[dict] = []
     last = {"buyer": None, "seller": None}
-    targets: list[dict | None] = []
     for t in dialogue["turns"]:
         other = "seller" if t["speaker"] == "buyer" else "buyer"
         own_view = sc.view_for(t["speaker"])
@@ -125,7 +124,6 @@ def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[l
                                    f"How about {format_money(t['price'])}?" if t["price"] is not None else "")
         history.append({"speaker": t["speaker"], "action": t["action"], "utterance": words, "price": t["price"],
                         "reasoning": thought})
-        targets.append(t)
         if t["price"] is not None:
             last[t["speaker"]] = t["price"]
     opens = bool(history) and history[0]["speaker"] == role
