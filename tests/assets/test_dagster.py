@@ -198,3 +198,37 @@ def test_metrics_materializes_on_a_fresh_instance(env):
     assert res.success
     assert pd.read_parquet(Path(study.results_dir) / "metrics.parquet").empty
     assert check_passed(instance, "metrics", "agreement_rate_is_a_rate") is True
+
+
+@pytest.mark.slow
+def test_training_assets_materialize_with_their_checks(env, tmp_path):
+    """role_splits (with the tagger's measured accuracy and the no-leakage contract), then one lora_adapters
+    partition with a tiny config: a manifest, checks that ran, and a rebuild that says it differs from the shipped
+    adapter."""
+    import json
+
+    from agreemate_assets.definitions import defs
+    from agreemate_assets.lib.resources import build_resources
+
+    instance, study, _ = env
+    splits = ["buyer_split", "seller_split", "generalist_split"]
+    assert mat(instance, study, splits).success
+    for key in splits:
+        assert check_passed(instance, key, "split_contract") is True
+    md = instance.get_latest_materialization_event(AssetKey("buyer_split")).asset_materialization.metadata
+    assert md["tagger_accuracy_confident_turns"].value > 0.85 and md["dialogues"].value > 1000
+    tiny = {"max_steps": 2, "micro_batch": 1, "grad_accum": 1, "train_examples": 2, "val_examples": 2,
+            "final_eval_dialogues": 2, "eval_every": 1, "max_minutes": 0}
+    res = materialize(list(defs.assets) + list(defs.asset_checks), selection=["lora_adapters"], partition_key="buyer",
+                      instance=instance, resources=build_resources(study), raise_on_error=False,
+                      run_config={"ops": {"lora_adapters": {"config": tiny}}})
+    assert res.success
+    out = tmp_path / "results" / "adapters" / "buyer"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training_config"]["max_steps"] == 2 and manifest["role"] == "buyer"
+    assert check_passed(instance, "lora_adapters", "loss_finite", "buyer") is True
+    assert check_passed(instance, "lora_adapters", "replies_parse", "buyer") is True
+    assert check_passed(instance, "lora_adapters", "matches_shipped", "buyer") is False  # 2 steps: not the shipped one
+    md = instance.get_latest_materialization_event(AssetKey("lora_adapters")).asset_materialization.metadata
+    assert md["digest"].value == manifest["digest"]
+    assert md["compared_with_shipped"].value["identical"] is False
