@@ -232,3 +232,15 @@ def test_training_assets_materialize_with_their_checks(env, tmp_path):
     md = instance.get_latest_materialization_event(AssetKey("lora_adapters")).asset_materialization.metadata
     assert md["digest"].value == manifest["digest"]
     assert md["compared_with_shipped"].value["identical"] is False
+
+
+def test_reproducing_the_shipped_adapter_uses_its_manifest():
+    from agreemate_assets.defs.training.assets import AdapterTraining, training_config
+    from agreemate_lib.training.shipping import read_manifest, shipped_adapter_dir
+
+    m = read_manifest(shipped_adapter_dir("smollm2", "buyer"))
+    cfg = training_config(AdapterTraining(reproduce_shipped=True), "buyer", seed=0)
+    assert cfg.max_steps == m["metrics"]["steps"] and cfg.max_minutes == 0  # steps, not the machine's speed
+    assert cfg.model_dump(exclude={"max_steps", "max_minutes"}) == {
+        k: v for k, v in m["training_config"].items() if k not in ("max_steps", "max_minutes")}
+    assert training_config(AdapterTraining(), "buyer", seed=3).seed == 3

@@ -39,8 +39,26 @@ SPLIT_KEYS = {role: f"{role}_split" for role in ROLES}
 
 
 class AdapterTraining(LoraTrainConfig, Config):
-    """The lora_adapters run config: exactly :class:`LoraTrainConfig` (defaults: the shipped adapters' settings, up
-    to an hour a role on 2 CPU cores; ``preset: full`` = paper scale on a GPU)."""
+    """The lora_adapters run config: :class:`LoraTrainConfig` (defaults: the shipped adapters' settings, up to an hour
+    a role on 2 CPU cores; ``preset: full`` = paper scale on a GPU), plus ``reproduce_shipped``: train with the
+    shipped adapter's own config from its manifest, for exactly the steps it ran (its wall-clock budget, which
+    depends on the machine's speed, replaced by that step count)."""
+
+    reproduce_shipped: bool = False
+
+
+def training_config(config: AdapterTraining, role: str, seed: int) -> LoraTrainConfig:
+    """The settings a lora_adapters run uses."""
+    from agreemate_lib.training.shipping import read_manifest, shipped_adapter_dir
+
+    if not config.reproduce_shipped:
+        return LoraTrainConfig(**config.model_dump(exclude={"reproduce_shipped"})).resolved(seed=seed)
+    folder = shipped_adapter_dir(config.model, role)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(f"reproduce_shipped: no manifest.json in {folder}")
+    shipped = LoraTrainConfig(**manifest["training_config"])
+    return shipped.model_copy(update={"max_steps": int(manifest["metrics"]["steps"]), "max_minutes": 0.0})
 
 
 def adapter_dir(store: ResultsStore, role: str) -> Path:
@@ -143,7 +161,7 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_
 
     role = context.partition_key
     df = splits[role]
-    cfg = config.resolved(seed=study.seed)
+    cfg = training_config(config, role, study.seed)
     out = adapter_dir(results_store, role)
     m = train_lora(df[df["split"] == "train"], df[df["split"] == "validation"], out, cfg, log=context.log.info)
     manifest = write_manifest(out, role=role, training_config=cfg.model_dump(), data_version=frame_version(df),

@@ -181,3 +181,17 @@ def test_train_save_reload_generate(splits, tmp_path, role, quantization):
                                                           max_reasoning_tokens=16), key="x")],
                            GenerationSettings(temperature=0.0))[0]
     assert parse_turn(out.text).ok and "+lora:" in backend.model_id
+
+
+@pytest.mark.slow
+def test_training_is_reproducible(splits, tmp_path):
+    """The same config on the same data gives the same adapter, byte for byte (what a rebuild relies on)."""
+    from agreemate_lib.training.shipping import adapter_digest
+
+    df = splits["buyer"]
+    df = df[df.source == "craigslist"]
+    cfg = LoraTrainConfig(max_steps=2, micro_batch=1, grad_accum=2, train_examples=2, val_examples=1, eval_every=1,
+                          final_eval_dialogues=1, max_minutes=0, threads=1)
+    for run in ("a", "b"):
+        train_lora(df[df.split == "train"], df[df.split == "validation"], tmp_path / run, cfg, log=lambda *_: None)
+    assert adapter_digest(tmp_path / "a") == adapter_digest(tmp_path / "b")
