@@ -12,8 +12,8 @@
 - an EMA of the training loss initialised at the first loss (not at 0), reported beside the raw loss; seeded;
 - early stopping on held-out validation loss (every ``eval_every`` steps on ``val_examples`` dialogues, ``patience``
   evaluations without improvement), the best adapter kept, within a wall-clock budget (``max_minutes``);
-- held-out perplexity of the role's turns, adapter vs base model on every validation dialogue, with a bootstrap CI
-  over dialogues for the reduction.
+- held-out perplexity of the role's turns, adapter vs base model on the validation dialogues (``final_eval_dialogues``
+  of them; 0 = all), with a bootstrap CI over dialogues for the reduction.
 
 Saved as a peft adapter (``adapter_model.safetensors`` in bf16 + ``adapter_config.json``) with
 ``training_config.json``, ``metrics.json`` and ``curves.parquet``.
