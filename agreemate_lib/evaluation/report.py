@@ -117,12 +117,16 @@ def finetuning_section(table: pd.DataFrame, summary: pd.DataFrame | None, publis
     rows = with_ci(summary[summary["pair"].isin(keep)], "pair")
     cols = ["pair", "n", "error_rate", "act_divergence", *FINETUNE_METRICS]
     tests = finetuning_comparison(table, published_dir)
+    unmatched = sorted(set(tests.loc[tests["n_matched"] == 0, "against"])) if len(tests) else []
+    tests = tests[tests["n_matched"] > 0] if len(tests) else tests
+    note = (f"<p>No scenario in common with: {html.escape(', '.join(unmatched))} (the study's scenarios are not the "
+            "paper's listings; run with split: paper to compare per scenario).</p>" if unmatched else "")
     return ("<p>Means with 95% bootstrap CIs; act_divergence is the JS divergence of each pair's dialogue acts from "
             "the human dialogues' (0 = the same distribution).</p>" +
             rows[[c for c in cols if c in rows]].to_html(index=False, border=0, classes="t") +
             "<p>Paired per-scenario differences (ours minus the other; sign-flip permutation test, bootstrap CI):</p>" +
             _table_html(tests, ["ours", "against", "metric", "n_matched", "mean_difference", "ci_low", "ci_high",
-                                "p_value"]))
+                                "p_value"]) + note)
 
 
 def _browser(turns: pd.DataFrame) -> str:
