@@ -234,10 +234,6 @@ def sample_scenarios(
     return ScenarioSet([full.scenarios[i] for i in picked], full.dropped, full.source)
 
 
-#: Scenario sets a study can name besides the dataset splits: the paper's 30 listings, and held-out train listings.
-STUDY_SETS = ("paper", "heldout")
-
-
 def study_scenarios(split: str = "paper", n: int = 30, seed: int = 0, source: str | None = None,
                     reservation_fraction: float = DEFAULT_RESERVATION_FRACTION) -> ScenarioSet:
     """The scenarios of a study. ``paper``: the paper's evaluation listings with the published prices and targets
