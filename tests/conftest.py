@@ -44,3 +44,23 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
+
+
+def kill_after_first_checkpoint(cmd: list[str], env: dict, ckpt: Path, timeout: float = 600) -> int:
+    """Start ``cmd`` in its own process group, SIGKILL it once ``ckpt`` holds its header and one finished
+    negotiation, and return how many negotiations it had saved. Fails if the run ended before the kill."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and len(ckpt.read_text().splitlines()) >= 2:  # the header and one finished negotiation
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(ckpt.read_text().splitlines()) - 1

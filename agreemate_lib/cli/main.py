@@ -126,17 +126,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import shutil
 
     from agreemate_lib.core.io import frame_version
-    from agreemate_lib.core.settings import data_dir
-    from agreemate_lib.evaluation.paper import paper_scenarios_keys
     from agreemate_lib.training.lora import LoraTrainConfig, train_lora
     from agreemate_lib.training.shipping import shipped_adapter_dir, write_manifest
-    from agreemate_lib.training.splits import build_role_splits
+    from agreemate_lib.training.splits import project_role_splits
 
     cfg = LoraTrainConfig(**json.loads(args.config)) if args.config else LoraTrainConfig()
-    d = data_dir()
-    splits = build_role_splits(args.data, d / "deal_or_no_deal" if d else None,
-                               exclude_listings=paper_scenarios_keys(), seed=args.seed)
-    df = splits[args.role]
+    df = project_role_splits(args.data, args.seed)[args.role]
     cfg = cfg.resolved(seed=args.seed)
     m = train_lora(df[df["split"] == "train"], df[df["split"] == "validation"], args.out, cfg,
                    log=lambda s: print(s, flush=True))

@@ -16,6 +16,7 @@ Evaluation listings (``exclude_listings``) never enter either split.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -278,6 +279,18 @@ def heldout_train_scenarios(n: int, seed: int = 0, source: str | None = None,
     return random.Random(seed).sample(pool, n)
 
 
+def project_role_splits(source: str | None = None, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The role splits as the project trains on them: the data setting's Deal or No Deal folder included, the
+    paper's evaluation listings excluded (what ``role_splits`` and ``agreemate train`` build)."""
+    from agreemate_lib.core.settings import data_dir
+    from agreemate_lib.evaluation.paper import paper_scenarios_keys
+
+    d = data_dir()
+    return build_role_splits(source, d / "deal_or_no_deal" if d else None, exclude_listings=paper_scenarios_keys(),
+                             seed=seed)
+
+
+@functools.lru_cache(maxsize=4)
 def trained_listing_keys(source: str | None = None, seed: int = 0) -> frozenset[str]:
     """The listings whose dialogues an adapter of this project trains on (the train split of the role splits built
     with the default settings): probing and evaluation leave them out, so what they find is not memorisation."""

@@ -3,14 +3,14 @@ that was never interrupted (sampled, fp32). Both runs are real `study_pair` runs
 real instance; the kill lands between two checkpointed negotiations (one dialogue at a time)."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import yaml
+
+from tests.conftest import kill_after_first_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -64,18 +64,8 @@ def test_sigkill_of_a_partition_run_then_rerun_equals_an_uninterrupted_run(tmp_p
     run("pair", "whole")
 
     run("setup", "cut")
-    proc = subprocess.Popen(cmd("pair", "cut"), env=env("cut"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = tmp_path / "results-cut" / "checkpoints" / "s32+s32.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file() and len(ckpt.read_text().splitlines()) >= 2:  # the header and one finished negotiation
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    saved = len(ckpt.read_text().splitlines()) - 1
+    saved = kill_after_first_checkpoint(cmd("pair", "cut"), env("cut"), ckpt)
     stored = list((tmp_path / "results-cut").rglob("negotiation_transcripts/**/*.parquet"))
     assert 1 <= saved < 4 and not stored  # killed mid-partition: some negotiations checkpointed, no table
     run("pair", "cut")

@@ -22,9 +22,8 @@ from dagster import (
     multi_asset_check,
 )
 
-from agreemate_lib.core import settings as lib_settings
 from agreemate_lib.training.lora import LoraTrainConfig
-from agreemate_lib.training.splits import ROLES, build_role_splits
+from agreemate_lib.training.splits import ROLES, project_role_splits
 
 from ...lib.gx import validate
 from ...lib.resources import ResultsStore, StudySettings
@@ -73,12 +72,9 @@ def adapter_dir(store: ResultsStore, role: str) -> Path:
 def role_splits(context: AssetExecutionContext, study: StudySettings):
     from agreemate_lib.core.craigslist import iter_annotated_dialogues
     from agreemate_lib.core.io import frame_version
-    from agreemate_lib.evaluation.paper import paper_scenarios_keys
     from agreemate_lib.training.tagger import evaluate_tagger
 
-    d = lib_settings.data_dir()
-    splits = build_role_splits(study.source(), d / "deal_or_no_deal" if d else None,
-                               exclude_listings=paper_scenarios_keys(), seed=study.seed)
+    splits = project_role_splits(study.source(), study.seed)
     tagger = evaluate_tagger([(sc.listing_price, t) for _, sc, t in iter_annotated_dialogues("validation",
                                                                                             study.source())])
     per_act = {a: {k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()}

@@ -3,10 +3,8 @@ negotiation and turn, so a killed-and-resumed run and a run with another batch c
 an uninterrupted run."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +14,7 @@ import yaml
 from agreemate_lib.core.scenarios import make_scenario
 from agreemate_lib.negotiation.agents import Agent, AgentSpec
 from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+from tests.conftest import kill_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 SCEN = [make_scenario("test", i, title=f"Item {i}", description="d", category="bike", listing_price=100.0 + 10 * i,
@@ -85,18 +84,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     subprocess.run(cmd(whole), check=True, env=env, capture_output=True, timeout=900)
 
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(cmd(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    ckpt = cut / "checkpoint.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file() and len(ckpt.read_text().splitlines()) >= 2:  # the header and one finished negotiation
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    saved = len(ckpt.read_text().splitlines()) - 1
+    saved = kill_after_first_checkpoint(cmd(cut), env, cut / "checkpoint.jsonl")
     assert 1 <= saved < 4 and not (cut / "transcripts.parquet").exists()
     subprocess.run(cmd(cut), check=True, env=env, capture_output=True, timeout=900)
 
