@@ -17,66 +17,116 @@ def _alt():
     return alt
 
 
-def pair_heatmap(table: pd.DataFrame, metric: str):
-    """Buyer x seller heatmap of a metric's mean over each pair's negotiations."""
+def cell_estimates(table: pd.DataFrame, metric: str, keys: list[str], n_boot: int = 1000) -> pd.DataFrame:
+    """Mean and bootstrap 95% CI of a metric per group of ``keys``, over the negotiations that ended with a result."""
+    from agreemate_lib.evaluation.metrics import bootstrap_mean
+
+    t = table[table["outcome"] != "error"] if "outcome" in table else table
+    rows = []
+    for key, g in t.groupby(keys, sort=False):
+        e = bootstrap_mean(g[metric].tolist(), n_boot=n_boot)
+        rows.append(dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+                    | {"value": e.mean, "low": e.low, "high": e.high, "n": e.n})
+    return pd.DataFrame(rows)
+
+
+def pair_heatmap(table: pd.DataFrame, metric: str, order: list[str] | None = None, n_boot: int = 1000):
+    """Buyer x seller heatmap of a metric's mean over each pair's negotiations, the 95% bootstrap CI in each cell's
+    tooltip and under its mean. ``order``: the agents' order on both axes (default: sorted)."""
     alt = _alt()
-    agg = table.groupby(["buyer_id", "seller_id"], as_index=False).agg(value=(metric, "mean"), n=(metric, "count"))
+    agg = cell_estimates(table, metric, ["buyer_id", "seller_id"], n_boot=n_boot)
+    agg["ci"] = [f"[{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else "" for lo, hi in zip(agg["low"], agg["high"])]
+    sort_b = [a for a in order if a in set(agg.buyer_id)] if order else "ascending"
+    sort_s = [a for a in order if a in set(agg.seller_id)] if order else "ascending"
     base = alt.Chart(agg).encode(
-        x=alt.X("seller_id:N", title="seller"), y=alt.Y("buyer_id:N", title="buyer"))
+        x=alt.X("seller_id:N", title="seller", sort=sort_s), y=alt.Y("buyer_id:N", title="buyer", sort=sort_b))
     rect = base.mark_rect().encode(color=alt.Color("value:Q", title=metric, scale=alt.Scale(scheme="viridis")),
-                                   tooltip=["buyer_id", "seller_id", alt.Tooltip("value:Q", format=".3f"), "n"])
-    text = base.mark_text(fontSize=10).encode(text=alt.Text("value:Q", format=".2f"),
-                                              color=alt.value("white"))
-    return (rect + text).properties(title=f"{metric} by buyer x seller", width=max(160, 40 * agg.seller_id.nunique()),
-                                    height=max(160, 30 * agg.buyer_id.nunique()))
+                                   tooltip=["buyer_id", "seller_id", alt.Tooltip("value:Q", format=".3f"),
+                                            alt.Tooltip("low:Q", format=".3f", title="CI low"),
+                                            alt.Tooltip("high:Q", format=".3f", title="CI high"), "n"])
+    text = base.mark_text(fontSize=10, dy=-5).encode(text=alt.Text("value:Q", format=".2f"), color=alt.value("white"))
+    ci = base.mark_text(fontSize=7, dy=7).encode(text="ci:N", color=alt.value("white"))
+    return (rect + text + ci).properties(title=f"{metric} by buyer x seller (mean, 95% CI)",
+                                         width=max(160, 62 * agg.seller_id.nunique()),
+                                         height=max(160, 34 * agg.buyer_id.nunique()))
 
 
-def price_progression_frame(turns: pd.DataFrame) -> pd.DataFrame:
+def group_metrics(table: pd.DataFrame, group: str, metrics: tuple[str, ...] | list[str],
+                  reference: dict[str, float] | None = None, order: list[str] | None = None,
+                  title: str = "", n_boot: int = 1000):
+    """Per group and metric: the mean with its 95% bootstrap CI over negotiations, one panel per metric; rows of
+    ``source`` (the paper's runs, ours) side by side in each group; ``reference`` (e.g. the human dialogues' means)
+    drawn as a dashed line in each panel."""
+    alt = _alt()
+    t = table if "source" in table else table.assign(source="")
+    frames = [cell_estimates(t, m, [group, "source"], n_boot=n_boot).assign(metric=m) for m in metrics]
+    df = pd.concat(frames, ignore_index=True).dropna(subset=["value"])
+    sort = [g for g in order if g in set(df[group])] if order else "ascending"
+    y = alt.Y(f"{group}:N", title=None, sort=sort)
+    base = alt.Chart().encode(y=y, yOffset="source:N", color=alt.Color("source:N", title="source"))
+    layers = [base.mark_rule().encode(x=alt.X("low:Q", title=None), x2="high:Q"),
+              base.mark_point(filled=True, size=50).encode(
+                  x="value:Q", tooltip=[group, "source", "metric", alt.Tooltip("value:Q", format=".3f"),
+                                        alt.Tooltip("low:Q", format=".3f"), alt.Tooltip("high:Q", format=".3f"), "n"])]
+    if reference:
+        ref = pd.DataFrame([{"metric": m, "reference": v} for m, v in reference.items() if m in metrics])
+        df = df.merge(ref, on="metric", how="left")
+        layers.append(alt.Chart().mark_rule(strokeDash=[4, 3], color="black").encode(x="mean(reference):Q"))
+    return alt.layer(*layers, data=df).properties(width=190, height=alt.Step(12)).facet(
+        column=alt.Column("metric:N", title=None, sort=list(metrics))).resolve_scale(x="independent").properties(
+        title=title or f"metrics by {group} (mean, 95% CI" + ("; dashed: human dialogues)" if reference else ")"))
+
+
+def price_progression_frame(turns: pd.DataFrame, by: str = "pair") -> pd.DataFrame:
     """Priced turns with the price normalised to the bargaining zone: 0 = buyer target, 1 = seller target."""
     t = turns[turns["price"].notna()].copy()
     zone = (t["seller_target"] - t["buyer_target"]).where(lambda z: z > 0)
     t["normalized_price"] = (t["price"] - t["buyer_target"]) / zone
-    t["pair"] = t["buyer_id"] + "+" + t["seller_id"]
-    return t[t["normalized_price"].between(-2, 3)][["pair", "turn_index", "speaker", "normalized_price"]]
+    if by == "pair" and "pair" not in t:
+        t["pair"] = t["buyer_id"] + "+" + t["seller_id"]
+    return t[t["normalized_price"].between(-2, 3)][[by, "turn_index", "speaker", "normalized_price"]]
 
 
-def price_progression(turns: pd.DataFrame):
-    """Normalised price per turn: a heatmap of counts and mean trend lines per pair."""
+def price_progression(turns: pd.DataFrame, by: str = "pair"):
+    """Normalised price per turn: a heatmap of counts and mean trend lines per ``by`` group (default: pair)."""
     alt = _alt()
-    t = price_progression_frame(turns)
+    t = price_progression_frame(turns, by)
     heat = alt.Chart(t).mark_rect().encode(
         x=alt.X("turn_index:O", title="turn"),
         y=alt.Y("normalized_price:Q", bin=alt.Bin(maxbins=20), title="price (0 = buyer target, 1 = seller target)"),
         color=alt.Color("count():Q", scale=alt.Scale(scheme="blues")),
-    ).properties(width=320, height=220, title="price per turn (all pairs)")
+    ).properties(width=320, height=220, title="price per turn (all)")
     lines = alt.Chart(t).mark_line(point=True).encode(
         x=alt.X("turn_index:Q", title="turn"), y=alt.Y("mean(normalized_price):Q", title="mean normalised price"),
-        color=alt.Color("pair:N"),
-    ).properties(width=320, height=220, title="mean price per turn, by pair")
+        color=alt.Color(f"{by}:N"),
+    ).properties(width=320, height=220, title=f"mean price per turn, by {by}")
     return alt.hconcat(heat, lines)
 
 
-def action_distribution(turns: pd.DataFrame):
-    """Share of each dialogue act per agent and role."""
+def action_distribution(turns: pd.DataFrame, by: str | None = None):
+    """Share of each dialogue act per agent and role (or per ``by`` group and role)."""
     alt = _alt()
     t = turns.copy()
-    t["agent"] = t.apply(lambda r: r["buyer_id"] if r["speaker"] == "buyer" else r["seller_id"], axis=1)
-    t["agent_role"] = t["agent"] + " (" + t["speaker"] + ")"
+    if by is None:
+        t["agent"] = t.apply(lambda r: r["buyer_id"] if r["speaker"] == "buyer" else r["seller_id"], axis=1)
+        t["agent_role"] = t["agent"] + " (" + t["speaker"] + ")"
+    else:
+        t["agent_role"] = t[by].astype(str) + " (" + t["speaker"] + ")"
     return alt.Chart(t).mark_bar().encode(
         y=alt.Y("agent_role:N", title=None),
         x=alt.X("count():Q", stack="normalize", title="share of turns"),
         color=alt.Color("action:N", scale=alt.Scale(scheme="tableau20")),
         tooltip=["agent_role", "action", "count()"],
-    ).properties(width=360, title="dialogue acts per agent and role")
+    ).properties(width=360, title="dialogue acts per " + ("agent" if by is None else by) + " and role")
 
 
-def length_distribution(table: pd.DataFrame):
-    """Distribution of dialogue lengths per pair."""
+def length_distribution(table: pd.DataFrame, by: str = "pair"):
+    """Distribution of dialogue lengths per pair (or per ``by`` group)."""
     alt = _alt()
     return alt.Chart(table).mark_bar(opacity=0.8).encode(
         x=alt.X("dialogue_length:O", title="turns"), y=alt.Y("count():Q", title="negotiations"),
-        color="pair:N", row=alt.Row("pair:N", title=None),
-    ).properties(width=320, height=60, title="dialogue length per pair")
+        color=f"{by}:N", row=alt.Row(f"{by}:N", title=None),
+    ).properties(width=320, height=60, title=f"dialogue length per {by}")
 
 
 #: Competence metrics drawn per pair (what a haggler should never do, and how close it opens to people).
@@ -84,31 +134,9 @@ COMPETENCE_METRICS = ("deal_outside_limits", "reneging_rate", "utterance_price_m
                       "opening_offer_share")
 
 
-def competence_frame(table: pd.DataFrame, n_boot: int = 1000) -> pd.DataFrame:
-    """Per pair and competence metric: the mean and its bootstrap 95% CI over the pair's negotiations."""
-    from agreemate_lib.evaluation.metrics import bootstrap_mean
-
-    t = table[table["outcome"] != "error"] if "outcome" in table else table
-    rows = []
-    for pair, g in t.groupby("pair", sort=True):
-        for m in COMPETENCE_METRICS:
-            if m in g:
-                e = bootstrap_mean(g[m].tolist(), n_boot=n_boot)
-                rows.append({"pair": pair, "metric": m, "mean": e.mean, "low": e.low, "high": e.high, "n": e.n})
-    return pd.DataFrame(rows).dropna(subset=["mean"])
-
-
 def competence(table: pd.DataFrame):
     """Competence per pair: means with 95% CIs, one panel per metric (the human dialogues included as a pair)."""
-    alt = _alt()
-    df = competence_frame(table)
-    base = alt.Chart(df).encode(y=alt.Y("pair:N", title=None))
-    points = base.mark_point(filled=True).encode(x=alt.X("mean:Q", title=None), color="pair:N",
-                                                 tooltip=["pair", "metric", "mean", "low", "high", "n"])
-    bars = base.mark_rule().encode(x="low:Q", x2="high:Q", color="pair:N")
-    return alt.layer(bars, points, data=df).properties(width=220, height=alt.Step(14)).facet(
-        column=alt.Column("metric:N", title=None)).resolve_scale(x="independent").properties(
-        title="competence per pair (mean, 95% CI)")
+    return group_metrics(table, "pair", COMPETENCE_METRICS, title="competence per pair (mean, 95% CI)")
 
 
 def save_chart(chart, out_dir: str | Path, name: str) -> dict[str, Path]:

@@ -34,6 +34,33 @@ def test_figure_and_report_assets(tmp_path, dagster_home, data_dir):
         assert 0.8 < hb["agreement_rate"].value < 0.9
         t3 = instance.get_latest_materialization_event(AssetKey("table3")).asset_materialization.metadata
         assert t3["max_abs_diff_vs_paper"].value <= 1e-4
-        html = (Path(study.results_dir) / "report" / "report.html").read_text()
-        for needle in ("Transcript browser", "Table 3 reproduced", "human+human", "rb+rb-slow", "data:image/png"):
-            assert needle in html
+        from agreemate_lib.evaluation.paper_figures import PAPER_FIGURES
+
+        for name in PAPER_FIGURES:
+            meta = instance.get_latest_materialization_event(AssetKey(f"figure_{name}")).asset_materialization.metadata
+            assert "data:image/png;base64," in meta["figure"].value
+            shown = meta["negotiations_by_source"].value
+            # the paper's grid on all its 30 listings; the grouped figures on the 3 listings this study negotiated
+            assert meta["paper_listings"].value == (30 if name == "paper_size_cot" else 3), name
+            assert shown["paper (published Llama runs)"] >= (38 * 30 if name == "paper_size_cot" else 9), name
+            assert meta["ours_shown"].value == 0  # rule-based agents belong to none of the paper's groupings
+            assert (figs / f"{name}.vl.json").is_file() and (figs / f"{name}.html").is_file()
+        report = Path(study.results_dir) / "report" / "report.html"
+        html = report.read_text()
+        for needle in ("The paper reproduced", "Our study", "Fine-tuning", "Probing", "Data quality", "Provenance",
+                       "Transcript browser", "Table 3 reproduced", "human+human", "rb+rb-slow", "data:image/png",
+                       "transcripts_valid", "agent_config_hashes", "cpu_model"):
+            assert needle in html, needle
+        # nothing was probed and no adapter is in this roster: those sections say so and name the command
+        assert html.count("Not materialized") >= 2 and "probing_outputs" in html and "agreemate train" in html
+        meta = instance.get_latest_materialization_event(AssetKey("report")).asset_materialization.metadata
+        assert meta["failed_checks"].value == 0 and meta["figures"].value >= len(PAPER_FIGURES) + 8
+
+        # in a real browser: every image loads, every interactive chart renders, no console error
+        from tests.browser import Browser, check_report_in_browser
+
+        with Browser() as browser:
+            seen = check_report_in_browser(report, browser)
+        assert seen["images"] == meta["figures"].value
+        assert len(seen["charts"]) == seen["images"] and all(v > 0 for v in seen["charts"].values())
+        assert seen["transcript_browser_chars"] > 100

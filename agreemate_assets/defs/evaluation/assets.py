@@ -52,19 +52,25 @@ def negotiation_metrics(context: AssetExecutionContext, study: StudySettings,
 PROVENANCE = ("buyer_config_hash", "seller_config_hash", "scenarios_version")
 
 
-def latest_check_passed(instance, partition: str) -> bool | None:
-    """Whether the latest ``transcripts_valid`` evaluation of a pair passed (None: never evaluated)."""
+def latest_check(instance, asset: str, check: str, partition: str):
+    """The latest evaluation (``AssetCheckEvaluation``: passed, severity, metadata) of an asset check on one
+    partition; None when it was never evaluated."""
     from dagster import AssetCheckKey, AssetKey
     from dagster._core.event_api import PartitionKeyFilter
 
-    key = AssetCheckKey(AssetKey("negotiation_transcripts"), "transcripts_valid")
+    key = AssetCheckKey(AssetKey(asset), check)
     recs = instance.event_log_storage.get_asset_check_execution_history(
         key, limit=1, partition_filter=PartitionKeyFilter(key=partition))
     if not recs:
         return None
     ev = recs[0].event
-    data = ev.dagster_event.event_specific_data if ev and ev.dagster_event else None
-    return bool(getattr(data, "passed", False))
+    return ev.dagster_event.event_specific_data if ev and ev.dagster_event else None
+
+
+def latest_check_passed(instance, partition: str) -> bool | None:
+    """Whether the latest ``transcripts_valid`` evaluation of a pair passed (None: never evaluated)."""
+    data = latest_check(instance, "negotiation_transcripts", "transcripts_valid", partition)
+    return None if data is None else bool(getattr(data, "passed", False))
 
 
 def current_pairs(instance, study: StudySettings, scenarios: pd.DataFrame,
