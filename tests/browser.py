@@ -115,12 +115,15 @@ class Page:
         return r["result"].get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 30.0):
-        """Poll a JavaScript expression until it is truthy; returns its value."""
+        """Poll a JavaScript expression until it is truthy; returns its value. An error on the page meanwhile fails
+        at once (AssertionError naming it)."""
         deadline = time.monotonic() + timeout_s
         while True:
             value = self.evaluate(expression)
             if value:
                 return value
+            if self.errors():
+                raise AssertionError(f"{self.url}: {self.errors()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.url}: {expression!r} still falsy after {timeout_s} s")
             self.browser.pump(0.2)
