@@ -140,12 +140,11 @@ def check_results(instance, partitions: list[str]) -> pd.DataFrame:
 
 def report_provenance(study: StudySettings, scenarios: pd.DataFrame) -> dict:
     """Commit, machine, versions, date; the assets' code versions, the agents' config hashes and the data versions."""
+    from agreemate_assets.definitions import defs
     from agreemate_lib.core.io import frame_version
     from agreemate_lib.core.provenance import provenance
     from agreemate_lib.core.settings import repo_root
     from agreemate_lib.negotiation.roster import load_roster
-
-    from agreemate_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     code_versions = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()
