@@ -12,6 +12,17 @@ if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
     "llama-cpp-python[server]==0.3.36" >/tmp/agreemate-llama-install.log 2>&1 \
     || { tail -30 /tmp/agreemate-llama-install.log >&2; echo "[test] llama-cpp-python install failed" >&2; exit 1; }
 fi
+# The report is tested in a real browser: Debian's chromium, headless, started and stopped by the tests.
+if ! command -v chromium >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "[test] installing chromium (first time on this machine: about a minute)"
+    { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
+      >/tmp/agreemate-chromium-install.log 2>&1 \
+      || { tail -30 /tmp/agreemate-chromium-install.log >&2; echo "[test] chromium install failed" >&2; exit 1; }
+  else
+    echo "[test] chromium is missing and this user cannot install it: sudo apt-get install chromium" >&2; exit 1
+  fi
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # Lint first (configured in pyproject.toml): a lint error fails the run like a failing test.
 .venv/bin/ruff check . || { echo "[test] ruff found problems (fix them or run: .venv/bin/ruff check . --fix)" >&2; exit 1; }

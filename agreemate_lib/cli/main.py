@@ -99,13 +99,15 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from agreemate_lib.core.settings import data_dir, get_settings
-    from agreemate_lib.evaluation.report import build_report, load_study
+    from agreemate_lib.evaluation.report import build_report, load_study, report_extras
 
     published = args.published
     if published is None and data_dir() is not None:
         published = str(data_dir() / "agreemate_published_runs")
-    table, turns = load_study(args.results or get_settings().results)
-    path = build_report(args.out, table, turns, published, include_human=not args.no_human)
+    results = args.results or get_settings().results
+    table, turns = load_study(results)
+    path = build_report(args.out, table, turns, published, include_human=not args.no_human,
+                        extras=report_extras(table, Path(results)))
     print(f"wrote {path} (figures in {Path(args.out) / 'figures'})")
     return 0
 

@@ -80,6 +80,23 @@ class ReportExtras:
     provenance: dict = field(default_factory=dict)
 
 
+def report_extras(table: pd.DataFrame, results_dir: Path, roster_file: str | Path | None = None) -> ReportExtras:
+    """What the report can show outside Dagster: traits and adapters of the roster's agents in ``table``, the probing
+    outputs under ``results_dir``, provenance (check results need the Dagster instance)."""
+    from agreemate_lib.backends.models import resolve_adapter
+    from agreemate_lib.core.provenance import provenance
+    from agreemate_lib.core.settings import repo_root
+    from agreemate_lib.evaluation.paper_figures import roster_traits
+    from agreemate_lib.negotiation.roster import load_roster
+
+    roster = load_roster(roster_file)
+    used = set(table["buyer_id"]) | set(table["seller_id"]) if len(table) else set()
+    return ReportExtras(traits=roster_traits(roster),
+                        adapters={a: Path(resolve_adapter(s.adapter)) for a, s in roster.items()
+                                  if s.adapter and a in used},
+                        probing_dir=results_dir, provenance=provenance(repo_root()) | {"results": str(results_dir)})
+
+
 def _missing(what: str, key: str) -> str:
     return f'<p class="missing">Not materialized: {html.escape(what)}. Make it with: <code>{html.escape(COMMANDS[key])}</code></p>'
 

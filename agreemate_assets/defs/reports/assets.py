@@ -170,24 +170,16 @@ def report_provenance(study: StudySettings, scenarios: pd.DataFrame) -> dict:
 def report(context: AssetExecutionContext, study: StudySettings, results_store: ResultsStore,
            metrics_by_negotiation: pd.DataFrame, transcripts: dict[str, pd.DataFrame],
            scenarios: pd.DataFrame) -> MaterializeResult:
-    from agreemate_lib.backends.models import resolve_adapter
-    from agreemate_lib.evaluation.paper_figures import roster_traits
-    from agreemate_lib.evaluation.report import ReportExtras
-    from agreemate_lib.negotiation.roster import load_roster
+    from dataclasses import replace
 
-    roster = load_roster(study.roster_file())
-    used = set(metrics_by_negotiation["buyer_id"]) | set(metrics_by_negotiation["seller_id"]) \
-        if len(metrics_by_negotiation) else set()
+    from agreemate_lib.evaluation.report import report_extras
+
     mbn = context.instance.get_latest_materialization_event(AssetKey("metrics_by_negotiation"))
     left_out = mbn.asset_materialization.metadata["left_out_pairs"].value if mbn and "left_out_pairs" in \
         mbn.asset_materialization.metadata else []
-    extras = ReportExtras(
-        traits=roster_traits(roster),
-        adapters={a: Path(resolve_adapter(s.adapter)) for a, s in roster.items() if s.adapter and a in used},
-        probing_dir=results_store.local_dir(),
-        quality=check_results(context.instance, list(transcripts)),
-        left_out=list(left_out),
-        provenance=report_provenance(study, scenarios))
+    extras = replace(report_extras(metrics_by_negotiation, results_store.local_dir(), study.roster_file()),
+                     quality=check_results(context.instance, list(transcripts)), left_out=list(left_out),
+                     provenance=report_provenance(study, scenarios))
     out = results_store.local_dir("report")
     path = build_report(out, metrics_by_negotiation, all_turns(transcripts, metrics_by_negotiation), published_dir(),
                         study.source(), n_boot=study.bootstrap_resamples(), extras=extras)
