@@ -87,6 +87,48 @@ def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple
     return results
 
 
+def submit_study(deployment, study: StudySettings, pairs: list[tuple[str, str]], log=print,
+                 with_reports: bool = False) -> dict:
+    """The main job through a deployment's daemon (team and cluster profiles): each job is submitted to the run
+    queue, and the pairs are one asset backfill, so a new model's row and column of the grid is the same call. The
+    study settings are the deployment's (its ``AGREEMATE_STUDY``). Returns the same results as :func:`run_study`."""
+    from agreemate_lib.negotiation.roster import load_roster
+
+    failures: list[tuple[str, str]] = []
+
+    def report(sub, blocking=False):
+        for part, status in sorted(sub.status_by_partition.items()):
+            if status != "SUCCESS":
+                what = sub.what + (f" [{part}]" if part else "")
+                failures.append((what, f"run ended {status} (see the Dagster UI)"))
+                log(f"  FAILED {what}: {status}")
+        if blocking and not sub.ok:
+            raise StudyFailed(f"{sub.what} failed; the study stops here")
+        return sub
+
+    t0 = time.perf_counter()
+    report(deployment.run_job("study_setup"), blocking=True)
+    roster = load_roster(study.roster_file())
+    missing = sorted({a for pair in pairs for a in pair} - set(roster))
+    if missing:
+        raise StudyFailed(f"not in the roster: {', '.join(missing)}")
+    report(deployment.run_job("buyer_config", sorted({b for b, _ in pairs})), blocking=True)
+    report(deployment.run_job("seller_config", sorted({s for _, s in pairs})), blocking=True)
+    t = time.perf_counter()
+    keys = [pair_key(b, s) for b, s in pairs]
+    sub = report(deployment.backfill(["negotiation_transcripts", "negotiation_metrics"], keys,
+                                     f"{len(keys)} pairs"))
+    results = StudyResults({k: sub.status_by_partition.get(k) == "SUCCESS" for k in keys})
+    log(f"  {len(keys)} pairs through the daemon in {time.perf_counter() - t:.0f} s "
+        f"({sum(results.values())} ok)")
+    results.metrics_ok = report(deployment.run_job("study_metrics")).ok
+    if with_reports:
+        results.reports_ok = report(deployment.run_job("study_reports")).ok
+    results.failures = failures
+    log(f"study done in {time.perf_counter() - t0:.0f} s")
+    return results
+
+
 class StudyResults(dict):
     """{"BUYER|SELLER": success} plus the study-level outcome."""
 
@@ -111,11 +153,16 @@ def main(argv=None) -> int:
     p.add_argument("--scenarios", type=int, default=None)
     p.add_argument("--max-turns", type=int, default=None)
     p.add_argument("--no-report", action="store_true", help="skip the evaluation and report assets")
+    p.add_argument("--submit", type=int, metavar="PORT", default=None,
+                   help="submit the jobs to the deployment whose webserver listens on 127.0.0.1:PORT (the team and "
+                        "cluster profiles: docs/deploy.md) instead of running them in this process")
     args = p.parse_args(argv)
     if not os.environ.get("DAGSTER_HOME"):
         os.environ["DAGSTER_HOME"] = str(Path(__file__).resolve().parent.parent / "dagster_home")
     instance = DagsterInstance.get()
-    study = StudySettings()
+    from .defs.resources import study_from_env
+
+    study = study_from_env()
     overrides = {k: v for k, v in (("n_scenarios", args.scenarios), ("max_turns", args.max_turns)) if v is not None}
     if overrides:
         study = StudySettings(**(study.model_dump() | overrides))
@@ -123,7 +170,16 @@ def main(argv=None) -> int:
     print(f"AgreeMate study: {len(pairs)} pairs x {study.n_scenarios} scenarios, up to {study.max_turns} turns; "
           f"instance {os.environ['DAGSTER_HOME']}")
     try:
-        results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
+        if args.submit:
+            if overrides:
+                raise StudyFailed("--scenarios/--max-turns are the deployment's settings when submitting (start it "
+                                  "with AGREEMATE_STUDY='{\"n_scenarios\": N}')")
+            from .deploy.submit import Deployment
+
+            results = submit_study(Deployment(instance, args.submit), study, pairs,  # type: ignore[arg-type]
+                                   with_reports=not args.no_report)
+        else:
+            results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
     except StudyFailed as exc:
         print(f"\nFAILED: {exc}. Nothing after it ran; see the lines above and the Dagster UI.", file=sys.stderr)
         return 1

@@ -46,6 +46,56 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+class PostgresServer:
+    """A running PostgreSQL server; each test gets its own database on it."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def new_database(self) -> str:
+        import uuid
+
+        import sqlalchemy
+
+        name = "t_" + uuid.uuid4().hex[:12]
+        engine = sqlalchemy.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The PostgreSQL server that scripts/test.sh started (AGREEMATE_TEST_PG_URL), else a throwaway one started
+    and removed by this session."""
+    url = os.environ.get("AGREEMATE_TEST_PG_URL")
+    if url:
+        yield PostgresServer(url)
+        return
+    from agreemate_assets.deploy.services import Postgres
+
+    pg = Postgres().start()
+    try:
+        yield PostgresServer(pg.url())
+    finally:
+        pg.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_dagster_home(request, tmp_path, monkeypatch) -> Path:
+    """A fresh Dagster instance on SQLite, then (a second run of the test) on its own Postgres database."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    text = "telemetry:\n  enabled: false\n"
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_server").new_database()
+        text += f"storage:\n  postgres:\n    postgres_url: {url}\n"
+    (home / "dagster.yaml").write_text(text)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
 def kill_after_first_checkpoint(cmd: list[str], env: dict, ckpt: Path, timeout: float = 600) -> int:
     """Start ``cmd`` in its own process group, SIGKILL it once ``ckpt`` holds its header and one finished
     negotiation, and return how many negotiations it had saved. Fails if the run ended before the kill."""

@@ -27,15 +27,28 @@ ROSTER = {
 }
 
 
-@pytest.fixture()
-def env(tmp_path, dagster_home, data_dir):
+def _env(tmp_path):
     roster = tmp_path / "agents.yaml"
     roster.write_text(yaml.safe_dump(ROSTER))
     from agreemate_assets.lib.resources import StudySettings
 
     study = StudySettings(results_dir=str(tmp_path / "results"), roster_path=str(roster), n_scenarios=2,
                           max_turns=4, seed=0)
-    with DagsterInstance.get() as instance:
+    return DagsterInstance.get(), study, roster
+
+
+@pytest.fixture()
+def env(tmp_path, any_dagster_home, data_dir):
+    """The study's roster and settings on a fresh instance: SQLite, then Postgres (the same test twice)."""
+    instance, study, roster = _env(tmp_path)
+    with instance:
+        yield instance, study, roster
+
+
+@pytest.fixture()
+def env_sqlite(tmp_path, dagster_home, data_dir):
+    instance, study, roster = _env(tmp_path)
+    with instance:
         yield instance, study, roster
 
 
@@ -201,7 +214,7 @@ def test_metrics_materializes_on_a_fresh_instance(env):
 
 
 @pytest.mark.slow
-def test_training_assets_materialize_with_their_checks(env, tmp_path):
+def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path):
     """role_splits (with the tagger's measured accuracy and the no-leakage contract), then one lora_adapters
     partition with a tiny config: a manifest, checks that ran, and a rebuild that says it differs from the shipped
     adapter."""
@@ -210,7 +223,7 @@ def test_training_assets_materialize_with_their_checks(env, tmp_path):
     from agreemate_assets.definitions import defs
     from agreemate_assets.lib.resources import build_resources
 
-    instance, study, _ = env
+    instance, study, _ = env_sqlite
     splits = ["buyer_split", "seller_split", "generalist_split"]
     assert mat(instance, study, splits).success
     for key in splits:

@@ -113,6 +113,9 @@ def all_turns(transcripts: dict[str, pd.DataFrame], scored: pd.DataFrame | None 
 
 
 TRANSCRIPTS_AUTOMATION = AutomationCondition.eager()
+#: The concurrency pool and the celery queue of the steps that run a model (see docs/deploy.md).
+INFERENCE_POOL = "inference"
+INFERENCE_QUEUE = "inference"
 # A pair's buyer config maps to the pair's "buyer" dimension, its seller config to the "seller" dimension.
 BY_BUYER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="buyer")
 BY_SELLER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="seller")
@@ -130,6 +133,10 @@ BY_SELLER = MultiToSingleDimensionPartitionMapping(partition_dimension_name="sel
     automation_condition=TRANSCRIPTS_AUTOMATION,
     code_version=CODE_VERSION,
     kinds={"pytorch", "parquet"},
+    # The inference step: the "inference" pool caps how many run at once across all runs (one per CPU box or GPU:
+    # docs/deploy.md); on the cluster profile, dagster-celery routes it to the workers that serve "inference".
+    pool=INFERENCE_POOL,
+    op_tags={"dagster-celery/queue": INFERENCE_QUEUE},
     description="Every scenario negotiated by one buyer agent and one seller agent: one parquet row per turn.",
 )
 def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings, inference_server: InferenceServer,

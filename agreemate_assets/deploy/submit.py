@@ -1,0 +1,105 @@
+"""Runs and backfills through a deployment's webserver and daemon (the team and cluster profiles): the main job
+submits its jobs here instead of executing them in its own process, and waits for the daemon to run them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+
+DONE = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+
+
+@dataclass
+class Submitted:
+    """What the daemon did with a submission: the latest run per partition (or the one run) and its status."""
+
+    what: str
+    status_by_partition: dict[str, str] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.status_by_partition) and all(s == "SUCCESS" for s in self.status_by_partition.values())
+
+
+class Deployment:
+    """A running webserver (GraphQL at 127.0.0.1:``port``) and the instance its daemon serves."""
+
+    def __init__(self, instance: DagsterInstance, port: int, location: str = "agreemate",
+                 timeout_s: float = 3600.0):
+        from dagster_graphql import DagsterGraphQLClient
+
+        self.instance = instance
+        self.client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+        self.location = location
+        self.timeout_s = timeout_s
+
+    def run_job(self, job: str, partitions: list[str] | None = None, tags: dict | None = None) -> Submitted:
+        """Submit runs of a job to the queue (one, or one per partition, all at once); wait until they end."""
+        ids = {}
+        for part in partitions or [""]:
+            t = (tags or {}) | ({"dagster/partition": part} if part else {})
+            ids[part] = self.client.submit_job_execution(job, repository_location_name=self.location, tags=t)
+        self._wait(RunsFilter(run_ids=list(ids.values())))
+        return Submitted(job, {p: self.instance.get_run_by_id(r).status.value for p, r in ids.items()},
+                         list(ids.values()))
+
+    def backfill(self, assets: list[str], partitions: list[str], title: str) -> Submitted:
+        """An asset backfill over ``partitions``: the daemon makes the runs (one per partition), the queue runs them
+        under the instance's limits, run retries re-run failures. Waits until every partition's latest run ended."""
+        res = self.client._execute(LAUNCH_BACKFILL, {"params": {
+            "assetSelection": [{"path": [a]} for a in assets], "partitionNames": partitions, "title": title}})
+        out = res["launchPartitionBackfill"]
+        if out["__typename"] != "LaunchBackfillSuccess":
+            raise RuntimeError(f"backfill {title!r} was refused: {out.get('message', out['__typename'])}")
+        backfill_id = out["backfillId"]
+        runs_filter = RunsFilter(tags={"dagster/backfill": backfill_id})
+        deadline = time.monotonic() + self.timeout_s
+        while True:  # the daemon makes the runs over a few ticks; retries add runs after failures
+            backfill = self.instance.get_backfill(backfill_id)
+            status = backfill.status.value if backfill else "?"
+            records = self.instance.get_run_records(runs_filter)
+            active = [r for r in records if r.dagster_run.status not in DONE]
+            if status != "REQUESTED" and not active and not self._retry_pending(records):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"backfill {backfill_id} ({title}) not done after {self.timeout_s} s: {status}")
+            time.sleep(1.0)
+        latest: dict[str, tuple[float, str, str]] = {}
+        for r in self.instance.get_run_records(runs_filter):
+            part = r.dagster_run.tags.get("dagster/partition", "")
+            if part not in latest or r.create_timestamp.timestamp() > latest[part][0]:
+                latest[part] = (r.create_timestamp.timestamp(), r.dagster_run.status.value, r.dagster_run.run_id)
+        missing = [p for p in partitions if p not in latest]
+        status_by = {p: v[1] for p, v in latest.items()} | {p: "NOT_RUN" for p in missing}
+        return Submitted(f"{title} ({backfill_id})", status_by, [v[2] for v in latest.values()])
+
+    def _retry_pending(self, records) -> bool:
+        """A failed run that will be retried and whose retry run does not exist yet (``dagster/will_retry`` is set
+        when it fails; ``dagster/auto_retry_run_id`` once the retry daemon made the new run)."""
+        if not self.instance.run_retries_enabled:
+            return False
+        for r in records:
+            tags = r.dagster_run.tags
+            if r.dagster_run.status == DagsterRunStatus.FAILURE and tags.get("dagster/will_retry", "true") == "true" \
+                    and "dagster/auto_retry_run_id" not in tags:
+                return True
+        return False
+
+    def _wait(self, runs_filter: RunsFilter) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while any(r.dagster_run.status not in DONE for r in self.instance.get_run_records(runs_filter)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"runs {runs_filter} not done after {self.timeout_s} s")
+            time.sleep(0.5)

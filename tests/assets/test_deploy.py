@@ -1,0 +1,106 @@
+"""The team and cluster profiles, for real on this machine: a throwaway Postgres, dagster-daemon and the webserver
+(team); plus Redis, two dagster-celery workers and an S3-compatible server (cluster). Every server is started and
+stopped by the test."""
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterRunStatus, RunsFilter
+
+from agreemate_assets.deploy.stack import Stack
+
+RB_ROSTER = """agents:
+  - {id: rb, backend: rule-based, model: rule-based}
+  - {id: rb-slow, backend: rule-based, model: rule-based, beta: 0.3}
+  - {id: rb-fast, backend: rule-based, model: rule-based, beta: 0.8}
+"""
+PAIRS = [("rb", "rb-slow"), ("rb-slow", "rb"), ("rb-fast", "rb"), ("rb", "rb-fast")]
+
+
+def _materialized_once(instance, keys: list[str]) -> dict[str, int]:
+    """How many materializations of negotiation_transcripts each partition has in the instance."""
+    from dagster import AssetRecordsFilter
+
+    recs = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("negotiation_transcripts"),
+                                                              asset_partitions=keys), limit=1000).records
+    counts = {k: 0 for k in keys}
+    for r in recs:
+        counts[r.partition_key] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_team_profile_main_job_through_the_daemon(tmp_path, monkeypatch):
+    """Postgres instance storage; the main job submits its jobs and one backfill of the pairs to the queue; the
+    daemon runs them; the metrics table and the instance agree."""
+    from agreemate_assets.lib.resources import StudySettings
+    from agreemate_assets.study import submit_study
+
+    roster = tmp_path / "agents.yaml"
+    roster.write_text(RB_ROSTER)
+    study = {"n_scenarios": 3, "max_turns": 8, "roster_path": str(roster)}
+    with Stack("team", tmp_path / "team", results=str(tmp_path / "results"), study=study) as stack:
+        stack.apply_env(monkeypatch.setenv)
+        instance = stack.instance()
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        results = submit_study(stack.deployment(timeout_s=600), StudySettings(**study), PAIRS, log=print)
+        assert results.ok, results.failures
+        keys = [f"{b}|{s}" for b, s in PAIRS]
+        assert _materialized_once(instance, keys) == {k: 1 for k in keys}
+        runs = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
+        assert len(runs) >= 1 + 2 + 3 + len(PAIRS) + 1  # setup, 2 buyer + 3 seller configs, pairs, metrics
+        table = pd.read_parquet(tmp_path / "results" / "metrics_by_negotiation.parquet")
+        assert sorted(set(table["pair"])) == sorted(f"{b}+{s}" for b, s in PAIRS) and len(table) == 3 * len(PAIRS)
+
+
+@pytest.mark.slow
+def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
+    """Postgres, Redis, an S3 server and two celery workers: a backfill of pairs whose steps run on the workers and
+    whose results go to s3://. One worker is SIGKILLed while it holds a step: the step goes back to the queue and
+    the other worker runs it; every partition is materialized exactly once, and its table is in the object store."""
+    import re
+    import threading
+    import time
+
+    from agreemate_assets.lib.resources import StudySettings
+    from agreemate_assets.study import submit_study
+
+    roster = tmp_path / "agents.yaml"
+    roster.write_text(RB_ROSTER)
+    study = {"n_scenarios": 3, "max_turns": 8, "roster_path": str(roster)}
+    with Stack("cluster", tmp_path / "cluster", study=study, visibility_timeout_s=15, inference_slots=2) as stack:
+        stack.apply_env(monkeypatch.setenv)
+        assert stack.results.startswith("s3://")
+        killed: dict = {}
+
+        def kill_first_worker_holding_a_step():
+            log = stack.log("worker1")
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                text = log.read_text(errors="replace") if log.is_file() else ""
+                received = re.findall(r"Task \S+\[([0-9a-f-]+)\] received", text)
+                done = set(re.findall(r"Task \S+\[([0-9a-f-]+)\] succeeded", text))
+                holding = [t for t in received if t not in done]
+                if holding:
+                    stack.workers[0].kill()
+                    killed["tasks"] = holding
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_first_worker_holding_a_step, daemon=True)
+        killer.start()
+        results = submit_study(stack.deployment(timeout_s=900), StudySettings(**study), PAIRS, log=print)
+        killer.join(5)
+        assert killed.get("tasks"), "worker1 never held a step"
+        assert results.ok, results.failures
+        other = stack.log("worker2").read_text(errors="replace")
+        assert any(re.search(rf"Task \S+\[{t}\] succeeded", other) for t in killed["tasks"]), \
+            "the killed worker's step was not run by the other worker"
+        instance = stack.instance()
+        keys = [f"{b}|{s}" for b, s in PAIRS]
+        assert _materialized_once(instance, keys) == {k: 1 for k in keys}
+        from upath import UPath
+
+        stored = sorted(str(p) for p in UPath(f"{stack.results}/negotiation_transcripts").rglob("*.parquet"))
+        assert len(stored) == len(PAIRS)
+        table = pd.read_parquet(f"{stack.results}/metrics_by_negotiation.parquet")
+        assert len(table) == 3 * len(PAIRS)
