@@ -12,17 +12,27 @@ if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
     "llama-cpp-python[server]==0.3.36" >/tmp/agreemate-llama-install.log 2>&1 \
     || { tail -30 /tmp/agreemate-llama-install.log >&2; echo "[test] llama-cpp-python install failed" >&2; exit 1; }
 fi
-# The report is tested in a real browser: Debian's chromium, headless, started and stopped by the tests.
-if ! command -v chromium >/dev/null; then
+# Debian packages the tests need (they start and stop the programs themselves): chromium (the report is tested in
+# a real headless browser) and redis-server (the cluster-profile test). Installed when missing and we are root.
+need() {  # need COMMAND PACKAGE
+  command -v "$1" >/dev/null && return 0
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "[test] installing chromium (first time on this machine: about a minute)"
-    { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
-      >/tmp/agreemate-chromium-install.log 2>&1 \
-      || { tail -30 /tmp/agreemate-chromium-install.log >&2; echo "[test] chromium install failed" >&2; exit 1; }
+    echo "[test] installing $2 (first time on this machine)"
+    { apt-get install -y -q "$2" || { apt-get update -q && apt-get install -y -q "$2"; }; } >"/tmp/agreemate-$2.log" 2>&1 \
+      || { tail -30 "/tmp/agreemate-$2.log" >&2; echo "[test] $2 install failed" >&2; exit 1; }
   else
-    echo "[test] chromium is missing and this user cannot install it: sudo apt-get install chromium" >&2; exit 1
+    echo "[test] $1 is missing and this user cannot install it: sudo apt-get install $2" >&2; exit 1
   fi
-fi
+}
+need chromium chromium
+need redis-server redis-server
+# The Dagster tests also run against a real Postgres: a throwaway server for this run, removed on exit.
+PGROOT=$(mktemp -d /tmp/agreemate-test-pg-XXXXXX)
+trap '.venv/bin/python -m agreemate_assets.deploy postgres-down --root "$PGROOT" >/dev/null 2>&1; rm -rf "$PGROOT"' EXIT
+PGENV=$(.venv/bin/python -m agreemate_assets.deploy postgres-up --root "$PGROOT") \
+  || { echo "[test] could not start Postgres (PostgreSQL 15 server binaries: apt-get install postgresql-15)" >&2; exit 1; }
+eval "$PGENV"
+echo "[test] Postgres for the instance tests: $AGREEMATE_TEST_PG_URL"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # Lint first (configured in pyproject.toml): a lint error fails the run like a failing test.
 .venv/bin/ruff check . || { echo "[test] ruff found problems (fix them or run: .venv/bin/ruff check . --fix)" >&2; exit 1; }

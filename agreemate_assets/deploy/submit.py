@@ -20,6 +20,20 @@ mutation Launch($params: LaunchBackfillParams!) {
 DONE = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
+def retrying(fn, *args, attempts: int = 30, wait_s: float = 1.0, **kwargs):
+    """Call ``fn``, retrying while the instance database is unreachable (a Postgres restart takes seconds): the
+    waiting side must not fail a study that the daemon finishes."""
+    from sqlalchemy.exc import DBAPIError
+
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except DBAPIError:
+            if i == attempts - 1:
+                raise
+            time.sleep(wait_s)
+
+
 @dataclass
 class Submitted:
     """What the daemon did with a submission: the latest run per partition (or the one run) and its status."""
@@ -50,10 +64,24 @@ class Deployment:
         ids = {}
         for part in partitions or [""]:
             t = (tags or {}) | ({"dagster/partition": part} if part else {})
-            ids[part] = self.client.submit_job_execution(job, repository_location_name=self.location, tags=t)
+            ids[part] = self._submit(job, t)
         self._wait(RunsFilter(run_ids=list(ids.values())))
         return Submitted(job, {p: self.instance.get_run_by_id(r).status.value for p, r in ids.items()},
                          list(ids.values()))
+
+    def _submit(self, job: str, tags: dict) -> str:
+        """Submit a run; a submission the webserver refused because its database connection was cut (a Postgres
+        restart) is sent again, a few times."""
+        from dagster_graphql import DagsterGraphQLClientError
+
+        for attempt in range(5):
+            try:
+                return self.client.submit_job_execution(job, repository_location_name=self.location, tags=tags)
+            except DagsterGraphQLClientError as exc:
+                if "OperationalError" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(2.0)
+        raise AssertionError("unreachable")
 
     def backfill(self, assets: list[str], partitions: list[str], title: str) -> Submitted:
         """An asset backfill over ``partitions``: the daemon makes the runs (one per partition), the queue runs them
@@ -67,9 +95,9 @@ class Deployment:
         runs_filter = RunsFilter(tags={"dagster/backfill": backfill_id})
         deadline = time.monotonic() + self.timeout_s
         while True:  # the daemon makes the runs over a few ticks; retries add runs after failures
-            backfill = self.instance.get_backfill(backfill_id)
+            backfill = retrying(self.instance.get_backfill, backfill_id)
             status = backfill.status.value if backfill else "?"
-            records = self.instance.get_run_records(runs_filter)
+            records = retrying(self.instance.get_run_records, runs_filter)
             active = [r for r in records if r.dagster_run.status not in DONE]
             if status != "REQUESTED" and not active and not self._retry_pending(records):
                 break
@@ -77,7 +105,7 @@ class Deployment:
                 raise TimeoutError(f"backfill {backfill_id} ({title}) not done after {self.timeout_s} s: {status}")
             time.sleep(1.0)
         latest: dict[str, tuple[float, str, str]] = {}
-        for r in self.instance.get_run_records(runs_filter):
+        for r in retrying(self.instance.get_run_records, runs_filter):
             part = r.dagster_run.tags.get("dagster/partition", "")
             if part not in latest or r.create_timestamp.timestamp() > latest[part][0]:
                 latest[part] = (r.create_timestamp.timestamp(), r.dagster_run.status.value, r.dagster_run.run_id)
@@ -99,7 +127,7 @@ class Deployment:
 
     def _wait(self, runs_filter: RunsFilter) -> None:
         deadline = time.monotonic() + self.timeout_s
-        while any(r.dagster_run.status not in DONE for r in self.instance.get_run_records(runs_filter)):
+        while any(r.dagster_run.status not in DONE for r in retrying(self.instance.get_run_records, runs_filter)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"runs {runs_filter} not done after {self.timeout_s} s")
             time.sleep(0.5)

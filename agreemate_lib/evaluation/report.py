@@ -263,19 +263,30 @@ def _probing_html(probing_dir: Path | None) -> str:
 def _quality_html(summary: pd.DataFrame | None, extras: ReportExtras) -> str:
     parts = []
     q = extras.quality
+    left_out = list(extras.left_out)
     if q is not None and len(q):
         failed = q[q["passed"] == False]  # noqa: E712
-        parts.append(f"<h3>Check results per partition (latest evaluation): {len(failed)} failed of {len(q)}</h3>"
+        blocking = failed[failed["severity"] == "ERROR"]
+        parts.append(f"<h3>Check results per partition (latest evaluation): {len(blocking)} blocking (ERROR) and "
+                     f"{len(failed) - len(blocking)} warning (WARN) checks failed, of {len(q)}</h3>"
                      + q.to_html(index=False, border=0, classes="t", na_rep=""))
+        # a pair whose blocking check failed never reaches the metrics: say so beside the ones left out
+        scored = set(summary["pair"]) if summary is not None else set()
+        named = {str(x.get("pair")) for x in left_out}
+        for part in sorted(set(blocking["partition"])):
+            pair = part.replace("|", "+")
+            if pair not in scored and part not in named:
+                left_out.append({"pair": part, "reason": "its latest transcripts failed the blocking check "
+                                                         + ", ".join(sorted(set(blocking.loc[blocking["partition"] == part, "check"])))})
     else:
         parts.append("<h3>Check results per partition</h3>" + _missing("check results", "quality"))
     if summary is not None:
         cols = ["pair", "n", "n_error", "error_rate", "parse_failure_rate", "anomaly_rate"]
         parts.append("<h3>Errors and parse failures per pair (errors are counted, never scored)</h3>"
                      + _table_html(summary, cols))
-    if extras.left_out:
+    if left_out:
         parts.append("<h3>Pairs left out of the metrics, and why</h3>"
-                     + pd.DataFrame(extras.left_out).to_html(index=False, border=0, classes="t"))
+                     + pd.DataFrame(left_out).to_html(index=False, border=0, classes="t"))
     else:
         parts.append("<p>No pair was left out of the metrics.</p>")
     return "\n".join(parts)

@@ -2,6 +2,8 @@
 (team); plus Redis, two dagster-celery workers and an S3-compatible server (cluster). Every server is started and
 stopped by the test."""
 
+import time
+
 import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterRunStatus, RunsFilter
@@ -51,15 +53,40 @@ def test_team_profile_main_job_through_the_daemon(tmp_path, monkeypatch):
         table = pd.read_parquet(tmp_path / "results" / "metrics_by_negotiation.parquet")
         assert sorted(set(table["pair"])) == sorted(f"{b}+{s}" for b, s in PAIRS) and len(table) == 3 * len(PAIRS)
 
+        # Postgres restarts in the middle of a backfill: every run ends (succeeded, or failed and retried), none is
+        # left hanging, no partition is written twice; the next submission works.
+        import threading
+
+        more = ["rb-fast|rb-slow", "rb-slow|rb-fast"]
+        done: dict = {}
+        t = threading.Thread(target=lambda: done.update(
+            sub=stack.deployment(timeout_s=600).backfill(["negotiation_transcripts", "negotiation_metrics"], more,
+                                                         "during a restart")), daemon=True)
+        t.start()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not instance.get_run_records(
+                RunsFilter(tags={"dagster/partition": more[0]}, statuses=[DagsterRunStatus.STARTED])):
+            time.sleep(0.2)
+        stack.postgres.restart()
+        t.join(600)
+        assert "sub" in done, "the backfill did not finish after the restart"
+        assert not instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.QUEUED,
+                                                                 DagsterRunStatus.STARTING]))
+        counts = _materialized_once(instance, more)
+        assert all(counts[k] == (1 if done["sub"].status_by_partition[k] == "SUCCESS" else 0) for k in more), \
+            (counts, done["sub"].status_by_partition)
+        after = stack.deployment(timeout_s=600).run_job("study_metrics")
+        assert after.ok
+
 
 @pytest.mark.slow
 def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
-    """Postgres, Redis, an S3 server and two celery workers: a backfill of pairs whose steps run on the workers and
-    whose results go to s3://. One worker is SIGKILLed while it holds a step: the step goes back to the queue and
-    the other worker runs it; every partition is materialized exactly once, and its table is in the object store."""
+    """Postgres, Redis, an S3 server and two celery workers: the main job through the daemon, its pairs one backfill
+    whose steps run on the workers and whose results go to s3://. One worker is SIGKILLed in the middle of a
+    negotiation step: the step goes back to the queue (late acknowledgement, visibility timeout) and the other worker
+    runs it; every partition is materialized exactly once, and its table is in the object store."""
     import re
     import threading
-    import time
 
     from agreemate_assets.lib.resources import StudySettings
     from agreemate_assets.study import submit_study
@@ -67,30 +94,30 @@ def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
     roster = tmp_path / "agents.yaml"
     roster.write_text(RB_ROSTER)
     study = {"n_scenarios": 3, "max_turns": 8, "roster_path": str(roster)}
-    with Stack("cluster", tmp_path / "cluster", study=study, visibility_timeout_s=15, inference_slots=2) as stack:
+    with Stack("cluster", tmp_path / "cluster", study=study, visibility_timeout_s=10, inference_slots=2) as stack:
         stack.apply_env(monkeypatch.setenv)
         assert stack.results.startswith("s3://")
         killed: dict = {}
 
-        def kill_first_worker_holding_a_step():
+        def kill_first_worker_in_a_negotiation_step():
+            """SIGKILL worker1 (and its step) as soon as it has started a negotiation_transcripts step."""
             log = stack.log("worker1")
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 text = log.read_text(errors="replace") if log.is_file() else ""
-                received = re.findall(r"Task \S+\[([0-9a-f-]+)\] received", text)
-                done = set(re.findall(r"Task \S+\[([0-9a-f-]+)\] succeeded", text))
-                holding = [t for t in received if t not in done]
-                if holding:
+                if re.search(r"negotiation_transcripts - STEP_START", text):
+                    received = re.findall(r"Task \S+\[([0-9a-f-]+)\] received", text)
+                    done = set(re.findall(r"Task \S+\[([0-9a-f-]+)\] succeeded", text))
                     stack.workers[0].kill()
-                    killed["tasks"] = holding
+                    killed["tasks"] = [t for t in received if t not in done]
                     return
-                time.sleep(0.05)
+                time.sleep(0.02)
 
-        killer = threading.Thread(target=kill_first_worker_holding_a_step, daemon=True)
+        killer = threading.Thread(target=kill_first_worker_in_a_negotiation_step, daemon=True)
         killer.start()
         results = submit_study(stack.deployment(timeout_s=900), StudySettings(**study), PAIRS, log=print)
         killer.join(5)
-        assert killed.get("tasks"), "worker1 never held a step"
+        assert killed.get("tasks"), "worker1 never started a negotiation step"
         assert results.ok, results.failures
         other = stack.log("worker2").read_text(errors="replace")
         assert any(re.search(rf"Task \S+\[{t}\] succeeded", other) for t in killed["tasks"]), \

@@ -54,3 +54,20 @@ def test_the_browser_check_fails_on_a_broken_image_or_chart(tmp_path):
         assert "no-such-mark" in (tmp_path / "bad_chart" / "figures" / "line.html").read_text()
         with pytest.raises(AssertionError, match="line.html.*console: TypeError"):
             check_report_in_browser(bad_chart, browser)
+
+
+def test_a_pair_that_failed_its_blocking_check_is_named_as_left_out(tmp_path):
+    """The data-quality section names the pair whose transcripts failed the blocking check (it never reaches the
+    metrics table) with the check, and counts blocking and warning failures apart."""
+    from agreemate_lib.evaluation.report import ReportExtras
+
+    quality = pd.DataFrame([
+        {"partition": "a|b", "check": "transcripts_valid", "passed": False, "severity": "ERROR", "detail": ""},
+        {"partition": "a|b", "check": "transcripts_behaviour", "passed": False, "severity": "WARN", "detail": ""},
+        {"partition": "c|d", "check": "transcripts_valid", "passed": True, "severity": "ERROR", "detail": ""},
+    ])
+    html = build_report(tmp_path, pd.DataFrame(), pd.DataFrame(), include_human=False,
+                        extras=ReportExtras(quality=quality)).read_text()
+    assert "1 blocking (ERROR) and 1 warning (WARN) checks failed, of 3" in html
+    assert "Pairs left out of the metrics" in html and "failed the blocking check transcripts_valid" in html
+    assert "c|d" not in html.split("Pairs left out")[1]
