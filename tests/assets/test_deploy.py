@@ -77,6 +77,7 @@ def test_team_profile_main_job_through_the_daemon(tmp_path, monkeypatch):
             (counts, done["sub"].status_by_partition)
         after = stack.deployment(timeout_s=600).run_job("study_metrics")
         assert after.ok
+    assert stack.leftovers() == []
 
 
 @pytest.mark.slow
@@ -131,3 +132,4 @@ def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
         assert len(stored) == len(PAIRS)
         table = pd.read_parquet(f"{stack.results}/metrics_by_negotiation.parquet")
         assert len(table) == 3 * len(PAIRS)
+    assert stack.leftovers() == []
