@@ -34,17 +34,41 @@ def wait_for_port(port: int, timeout_s: float = 60.0, proc: subprocess.Popen | N
 
 
 def _stop(proc: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
-    """Stop a server started in its own process group (SIGTERM, then SIGKILL)."""
-    if proc is None or proc.poll() is not None:
+    """Stop a server started in its own process group: SIGTERM to the group, then SIGKILL to whatever of the group
+    is still there (the code servers and run processes a daemon or webserver spawned)."""
+    if proc is None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout_s)
     except ProcessLookupError:
         pass
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + 5.0
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    import psutil
+
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (psutil.Error, ProcessLookupError, OSError):
+            continue
+    return False
 
 
 def _bin(name: str) -> str:

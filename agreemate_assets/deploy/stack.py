@@ -109,6 +109,8 @@ class Stack:
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 cmd = " ".join(proc.info["cmdline"] or [])
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
                 if os.getpgid(proc.pid) in groups or (data and data in cmd):
                     out.append(f"{proc.pid}: {cmd[:120]}")
             except (psutil.Error, ProcessLookupError, OSError):

@@ -59,11 +59,16 @@ class Deployment:
         self.location = location
         self.timeout_s = timeout_s
 
-    def run_job(self, job: str, partitions: list[str] | None = None, tags: dict | None = None) -> Submitted:
-        """Submit runs of a job to the queue (one, or one per partition, all at once); wait until they end."""
+    def run_job(self, job: str, partitions: list[str] | None = None, tags: dict | None = None,
+                dimensions: list[str] | None = None) -> Submitted:
+        """Submit runs of a job to the queue (one, or one per partition, all at once); wait until they end. For a
+        multi-partitioned job, ``dimensions`` names its dimensions in key order (``buyer|seller``): each run also
+        gets the per-dimension tags that make its partition key a multi-partition key."""
         ids = {}
         for part in partitions or [""]:
             t = (tags or {}) | ({"dagster/partition": part} if part else {})
+            if part and dimensions:
+                t |= {f"dagster/partition/{d}": k for d, k in zip(dimensions, part.split("|"), strict=True)}
             ids[part] = self._submit(job, t)
         self._wait(RunsFilter(run_ids=list(ids.values())))
         return Submitted(job, {p: self.instance.get_run_by_id(r).status.value for p, r in ids.items()},
