@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -67,8 +66,7 @@ def run(profile: str, agents: int, backfill: int, scenarios: int, root: Path, gr
     pairs = [(b, s) for b in ids for s in ids][:backfill]
     study = {"n_scenarios": scenarios, "max_turns": 8, "roster_path": str(roster)}
     figures: dict = {"profile": profile, "agents": agents, "pair_partitions": agents * agents, "backfill": backfill,
-                     "scenarios_per_pair": scenarios, "cpu": platform.processor() or platform.machine(),
-                     "cores": os.cpu_count()}
+                     "scenarios_per_pair": scenarios}
     from agreemate_lib.core.provenance import cpu
 
     figures |= cpu()

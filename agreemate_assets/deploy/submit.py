@@ -35,6 +35,13 @@ def retrying(fn, *args, attempts: int = 30, wait_s: float = 1.0, **kwargs):
 
 
 @dataclass
+class _Record:
+    """A run in the shape of a run record (for :meth:`Deployment._retry_pending`)."""
+
+    dagster_run: object
+
+
+@dataclass
 class Submitted:
     """What the daemon did with a submission: the latest run per partition (or the one run) and its status."""
 
@@ -70,9 +77,26 @@ class Deployment:
             if part and dimensions:
                 t |= {f"dagster/partition/{d}": k for d, k in zip(dimensions, part.split("|"), strict=True)}
             ids[part] = self._submit(job, t)
-        self._wait(RunsFilter(run_ids=list(ids.values())))
-        return Submitted(job, {p: self.instance.get_run_by_id(r).status.value for p, r in ids.items()},
-                         list(ids.values()))
+        final = {p: self._follow_retries(r) for p, r in ids.items()}
+        return Submitted(job, {p: retrying(self.instance.get_run_by_id, r).status.value for p, r in final.items()},
+                         list(final.values()))
+
+    def _follow_retries(self, run_id: str) -> str:
+        """Wait for a run to end; when it failed and the run-retry daemon retries it, follow the retry (and its
+        retries). Returns the id of the last run of the chain."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            self._wait(RunsFilter(run_ids=[run_id]))
+            run = retrying(self.instance.get_run_by_id, run_id)
+            if run.status != DagsterRunStatus.FAILURE or not self._retry_pending([_Record(run)]) and \
+                    "dagster/auto_retry_run_id" not in run.tags:
+                return run_id
+            if "dagster/auto_retry_run_id" in run.tags:
+                run_id = run.tags["dagster/auto_retry_run_id"]
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} failed and its retry did not appear in {self.timeout_s} s")
+            time.sleep(0.5)
 
     def _submit(self, job: str, tags: dict) -> str:
         """Submit a run; a submission the webserver refused because its database connection was cut (a Postgres

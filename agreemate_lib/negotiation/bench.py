@@ -113,6 +113,65 @@ def decode_ceiling(backend, batch: int = 32, new_tokens: int = 64) -> float:
     return batch * (new_tokens - 1) / (tn - t1)
 
 
+def _median_ms(fn, n: int) -> float:
+    import statistics
+
+    fn()  # warm-up
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
+    """One batch size of :func:`decode_step_profile`."""
+    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    ids = torch.randint(0, cfg.vocab_size, (b, context), generator=gen).to(dev)
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+        past = out.past_key_values
+        nxt = out.logits[:, -1:].argmax(-1)
+        mask = torch.ones(b, context + 1, dtype=torch.long, device=dev)
+
+        def step():
+            # the cache grows by one token per call: cropped back, so every timed step sees `context` tokens
+            model(input_ids=nxt, past_key_values=past, attention_mask=mask, use_cache=True)
+            past.crop(-1)
+
+        step_ms = _median_ms(step, steps)
+        x = {w.shape[1]: torch.randn(b, w.shape[1], generator=gen).to(dev, dtype) for w in weights}
+        # attention over the cache after the key/value heads are repeated for every query head
+        q = torch.randn(b, heads, 1, head_dim, generator=gen).to(dev, dtype)
+        k = torch.randn(b, heads, head_dim, context + 1, generator=gen).to(dev, dtype)
+        v = torch.randn(b, heads, context + 1, head_dim, generator=gen).to(dev, dtype)
+
+        def matmuls():
+            for w in weights:
+                torch.matmul(x[w.shape[1]], w.t())
+            for _ in range(cfg.num_hidden_layers):
+                torch.matmul(torch.matmul(q, k), v)
+
+        mm_ms = _median_ms(matmuls, steps)
+    return {"batch": b, "step_ms": round(step_ms, 2), "matmul_ms": round(mm_ms, 2),
+            "overhead_share": round(max(0.0, 1 - mm_ms / step_ms), 3), "tokens_per_s": round(1000 * b / step_ms, 1)}
+
+
+def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int = 300, steps: int = 8) -> list[dict]:
+    """Milliseconds per decode step (one new token per row, over a KV cache of ``context`` tokens) against batch
+    size, beside the bare matrix work of the same step: every linear layer's weight multiplied by a [batch, in]
+    activation, and the attention products over the cache, timed as plain torch matmuls without the modules around
+    them. ``overhead_share`` = 1 - matmul / step: the part of a step that is not matrix work (Python, cache
+    handling, masks)."""
+    gen = torch.Generator().manual_seed(0)
+    return [_profile_batch(backend.model, b, context, steps, gen) for b in batches]
+
+
 def compare(a: list, b: list) -> dict:
     same = sum(x == y for x, y in zip(a, b))
     first = None
@@ -138,7 +197,8 @@ def llama_cpp_path(scenarios, spec: AgentSpec, cfg: RunConfig):
                 RunConfig(**{**cfg.__dict__, "mode": "naive"}))
 
 
-def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = "auto", with_llama_cpp=True) -> dict:
+def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = "auto", with_llama_cpp=True,
+              with_profile: bool = True) -> dict:
     from agreemate_lib.backends.transformers_backend import TransformersBackend
 
     scen = sample_scenarios("test", n_scenarios, seed).scenarios
@@ -150,10 +210,12 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
     engine = _run("engine", scen, spec, engine_backend, cfg)
     naive = _run("naive", scen, spec, naive_backend, RunConfig(max_turns=turns, seed=seed, mode="naive"))
     ceiling = decode_ceiling(TransformersBackend("smollm2", dtype=dtype, prefix_cache=False))
+    from agreemate_lib.core.provenance import cpu
+
     out = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor":
                     platform.processor() or platform.machine(), "dtype": str(engine_backend.model.dtype),
-                    "load_average": os.getloadavg()[0]},
+                    "load_average": os.getloadavg()[0]} | cpu(),
         "scenarios": n_scenarios, "turns": turns,
         "speedup": round(engine.negotiations_per_min / naive.negotiations_per_min, 2),
         "negotiations_per_min": round(engine.negotiations_per_min, 2),
@@ -169,6 +231,8 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
         "engine": engine.summary(), "naive": naive.summary(),
         "greedy_transcripts_engine_vs_naive": compare(engine.transcripts, naive.transcripts),
     }
+    if with_profile:
+        out["decode_step_profile"] = decode_step_profile(engine_backend)
     if with_llama_cpp:
         lc = llama_cpp_path(scen, spec, cfg)
         if lc is not None:
@@ -200,6 +264,11 @@ def print_report(r: dict) -> None:
     print(f"engine time: prefill {e['prefill_s']} s, decode {e['decode_s']} s ({e['decode_steps']} steps), "
           f"structured-output processor {e['structured_processor_s']} s, other generate overhead "
           f"{e['generate_overhead_s']} s, outside generate {e['outside_generate_s']} s")
+    if r.get("decode_step_profile"):
+        print("decode step vs batch (KV cache of 300 tokens): batch, ms/step, bare matmul ms, overhead share, tok/s")
+        for row in r["decode_step_profile"]:
+            print(f"  {row['batch']:3d} {row['step_ms']:8.2f} {row['matmul_ms']:8.2f} {row['overhead_share']:6.3f} "
+                  f"{row['tokens_per_s']:8.1f}")
     print(f"peak RSS: {r['peak_rss_mib']} MiB")
     c = r["greedy_transcripts_engine_vs_naive"]
     why = ""
