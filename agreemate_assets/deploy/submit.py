@@ -128,7 +128,10 @@ class Deployment:
             status = backfill.status.value if backfill else "?"
             records = retrying(self.instance.get_run_records, runs_filter)
             active = [r for r in records if r.dagster_run.status not in DONE]
-            if status != "REQUESTED" and not active and not self._retry_pending(records):
+            covered = {r.dagster_run.tags.get("dagster/partition") for r in records} >= set(partitions)
+            # done when the daemon says so, or as soon as every partition has a run and all of them ended (the
+            # daemon's own bookkeeping comes up to 30 s later, on its next loop)
+            if (status != "REQUESTED" or covered) and not active and not self._retry_pending(records):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"backfill {backfill_id} ({title}) not done after {self.timeout_s} s: {status}")

@@ -106,7 +106,7 @@ def test_study_materializes_pairs_and_metrics(env):
     assert misses == 0 and hits > 0
 
 
-def test_roster_changes_touch_only_their_partitions(env):
+def test_roster_changes_touch_only_their_partitions(env_sqlite):
     from dagster import evaluate_automation_conditions
 
     from agreemate_assets.definitions import defs
@@ -114,7 +114,7 @@ def test_roster_changes_touch_only_their_partitions(env):
     from agreemate_assets.defs.negotiation.sensors import roster_sensor
     from agreemate_assets.study import run_study
 
-    instance, study, roster = env
+    instance, study, roster = env_sqlite
     doc = yaml.safe_load(roster.read_text())
     doc["agents"] = doc["agents"][:3]  # the three rule-based agents
     roster.write_text(yaml.safe_dump(doc))

@@ -61,8 +61,10 @@ def test_team_profile_main_job_through_the_daemon(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
-    """Postgres, Redis, an S3 server and two celery workers: the main job through the daemon, its pairs one backfill
-    whose steps run on the workers and whose results go to s3://. One worker is SIGKILLed in the middle of a
+    """Postgres, Redis, an S3 server and two celery workers: the study's pairs as one backfill through the daemon
+    (setup and configs done in this process on the same instance and object store: the team test covers them
+    through the daemon), whose steps run on the workers and whose results go to s3://. One worker is SIGKILLed in the
+    middle of a
     negotiation step: the step goes back to the queue (late acknowledgement, visibility timeout) and the other worker
     runs it; every partition is materialized exactly once, and its table is in the object store. Then Postgres
     restarts in the middle of a run; the next runs work; nothing is left running after the stack stops."""
@@ -70,7 +72,6 @@ def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
     import threading
 
     from agreemate_assets.lib.resources import StudySettings
-    from agreemate_assets.study import submit_study
 
     roster = tmp_path / "agents.yaml"
     roster.write_text(RB_ROSTER)
@@ -94,17 +95,27 @@ def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
                     return
                 time.sleep(0.02)
 
+        from agreemate_assets.definitions import definitions_for
+        from agreemate_assets.lib.resources import build_resources
+
+        instance = stack.instance()
+        project = definitions_for(build_resources(StudySettings(results_dir=stack.results, **study)))
+        assert project.resolve_job_def("study_setup").execute_in_process(instance=instance).success
+        for job, agents in (("buyer_config", {b for b, _ in PAIRS}), ("seller_config", {s for _, s in PAIRS})):
+            for agent in sorted(agents):
+                assert project.resolve_job_def(job).execute_in_process(instance=instance, partition_key=agent).success
         killer = threading.Thread(target=kill_first_worker_in_a_negotiation_step, daemon=True)
         killer.start()
-        results = submit_study(stack.deployment(timeout_s=900), StudySettings(**study), PAIRS, log=print)
+        dep = stack.deployment(timeout_s=900)
+        keys = [f"{b}|{s}" for b, s in PAIRS]
+        sub = dep.backfill(["negotiation_transcripts", "negotiation_metrics"], keys, "pairs")
         killer.join(5)
         assert killed.get("tasks"), "worker1 never started a negotiation step"
-        assert results.ok, results.failures
+        assert sub.ok, sub.status_by_partition
+        assert dep.run_job("study_metrics").ok
         other = stack.log("worker2").read_text(errors="replace")
         assert any(re.search(rf"Task \S+\[{t}\] succeeded", other) for t in killed["tasks"]), \
             "the killed worker's step was not run by the other worker"
-        instance = stack.instance()
-        keys = [f"{b}|{s}" for b, s in PAIRS]
         assert _materialized_once(instance, keys) == {k: 1 for k in keys}
         from upath import UPath
 
@@ -116,7 +127,6 @@ def test_cluster_profile_survives_a_killed_worker(tmp_path, monkeypatch):
         # Postgres restarts while a pair's run is going: the run ends (succeeded, or failed and then retried by the
         # run-retry daemon), nothing is left STARTED or QUEUED, and the next run works.
         extra = "rb-fast|rb-slow"
-        dep = stack.deployment(timeout_s=600)
         done: dict = {}
         t = threading.Thread(target=lambda: done.update(sub=dep.run_job("study_pair", [extra], dimensions=DIMS)),
                              daemon=True)
