@@ -23,14 +23,13 @@ def roster_text(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def partition_status_timings(stack_or_instance, keys_expected: int, port: int | None = None) -> dict:
+def partition_status_timings(instance, keys_expected: int, port: int | None = None) -> dict:
     """Time to list the pairs' partition keys and their materialization status (instance query and, with a
     webserver, the UI's GraphQL query of the asset's partition stats)."""
     from dagster import AssetKey
 
     from ..defs.negotiation.partitions import pair_partitions
 
-    instance = stack_or_instance
     out = {}
     t = time.perf_counter()
     keys = pair_partitions.get_partition_keys(dynamic_partitions_store=instance)

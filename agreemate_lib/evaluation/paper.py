@@ -170,14 +170,15 @@ def pair_from_filename(name: str, prefix: str = "published-") -> tuple[str, str]
     return agent(b), agent(s)
 
 
-def published_negotiations(path: str | Path) -> list:
-    """A published file's rows as negotiations (speakers alternate, buyer first), for the transcript checks."""
+def published_negotiations(path: str | Path, rows: list[PublishedRow] | None = None) -> list:
+    """A published file's rows as negotiations (speakers alternate, buyer first), for the transcript checks.
+    ``rows``: the file's rows when the caller has read them already."""
     from agreemate_lib.core.records import Negotiation, Turn
 
     path = Path(path)
     buyer, seller = pair_from_filename(path.name)
     out = []
-    for r in read_published_csv(path):
+    for r in rows if rows is not None else read_published_csv(path):
         o = r.outcome
         turns = [Turn(index=k, speaker=o.speakers[k], action=o.actions[k], utterance="", price=o.prices[k],
                       raw_output=r.raw_actions[k], action_known=normalize_action(r.raw_actions[k])[1])

@@ -110,15 +110,16 @@ def published_frames(directory: str | Path, files: list[str] | None = None) -> t
     """(per-negotiation table, per-turn table) of the published runs (corrected formulas), with traits and groups.
     ``files``: names inside ``directory`` (default: every non-``_updated`` CSV)."""
     from agreemate_lib.core.records import negotiations_to_frame
-    from agreemate_lib.evaluation.paper import pair_from_filename, published_negotiations
+    from agreemate_lib.evaluation.paper import pair_from_filename, published_negotiations, read_published_csv
     from agreemate_lib.evaluation.tables import published_table
 
     d = Path(directory)
     names = files or sorted(p.name for p in d.glob("*.csv") if not p.stem.endswith("_updated"))
     tables, turns, traits = [], [], {}
     for name in names:
-        tables.append(published_table(d / name, "corrected"))
-        turns.append(negotiations_to_frame(published_negotiations(d / name)))
+        rows = read_published_csv(d / name)  # read once: the table and the turns come from the same rows
+        tables.append(published_table(d / name, "corrected", rows))
+        turns.append(negotiations_to_frame(published_negotiations(d / name, rows)))
         for a in pair_from_filename(name):
             traits[a] = published_traits(a)
     table = pd.concat(tables, ignore_index=True)

@@ -52,9 +52,10 @@ def negotiation_table(negotiations: Sequence[Negotiation], mode: str = "correcte
     return pd.DataFrame(rows)
 
 
-def published_table(path: str | Path, mode: str = "corrected") -> pd.DataFrame:
-    """One row per negotiation of an AgreeMate-format CSV. ``paper`` picks the file's code version itself."""
-    rows = read_published_csv(path)
+def published_table(path: str | Path, mode: str = "corrected", rows=None) -> pd.DataFrame:
+    """One row per negotiation of an AgreeMate-format CSV. ``paper`` picks the file's code version itself.
+    ``rows``: the file's rows (:func:`read_published_csv`) when the caller has read them already."""
+    rows = rows if rows is not None else read_published_csv(path)
     used = detect_paper_variant(rows) if mode == "paper" else mode
     buyer, seller = pair_from_filename(Path(path).name)
     out = []
