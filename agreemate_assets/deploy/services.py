@@ -33,42 +33,46 @@ def wait_for_port(port: int, timeout_s: float = 60.0, proc: subprocess.Popen | N
     raise TimeoutError(f"{what or 'the server'} did not listen on 127.0.0.1:{port} within {timeout_s} s")
 
 
+def _signal_group(proc: subprocess.Popen, sig: int, timeout_s: float) -> None:
+    """Send ``sig`` to the process group led by ``proc`` and give the leader ``timeout_s`` to exit."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def _stop(proc: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
     """Stop a server started in its own process group: SIGTERM to the group, then SIGKILL to whatever of the group
     is still there (the code servers and run processes a daemon or webserver spawned)."""
     if proc is None:
         return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
+    _signal_group(proc, signal.SIGTERM, timeout_s)
     deadline = time.monotonic() + 5.0
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while live_processes({proc.pid}) and time.monotonic() < deadline:
         time.sleep(0.2)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
+    _signal_group(proc, signal.SIGKILL, timeout_s)
 
 
-def _group_alive(pgid: int) -> bool:
+def live_processes(groups: set[int], cmdline_part: str | None = None) -> list[str]:
+    """``"pid: command"`` of every live (not zombie) process in one of the process ``groups``, or whose command line
+    contains ``cmdline_part``."""
     import psutil
 
-    for p in psutil.process_iter(["pid"]):
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
-                return True
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if os.getpgid(proc.pid) in groups or (cmdline_part and cmdline_part in cmd):
+                out.append(f"{proc.pid}: {cmd[:120]}")
         except (psutil.Error, ProcessLookupError, OSError):
             continue
-    return False
+    return out
 
 
 def _bin(name: str) -> str:
@@ -191,8 +195,7 @@ class Server:
     def kill(self) -> None:
         """SIGKILL the whole process group (a machine that goes away)."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(20)
+            _signal_group(self.proc, signal.SIGKILL, 20)
 
     def __enter__(self):
         return self.start()

@@ -100,22 +100,9 @@ class Stack:
 
     def leftovers(self) -> list[str]:
         """Processes of this stack still alive (its servers' process groups, its Postgres): empty after stop()."""
-        import psutil
-
         groups = {s.proc.pid for s in [self.webserver, self.daemon, *self.workers, self.s3, self.redis]
                   if s is not None and s.proc is not None}
-        data = str(self.postgres.data) if self.postgres else None
-        out = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                if os.getpgid(proc.pid) in groups or (data and data in cmd):
-                    out.append(f"{proc.pid}: {cmd[:120]}")
-            except (psutil.Error, ProcessLookupError, OSError):
-                continue
-        return out
+        return S.live_processes(groups, str(self.postgres.data) if self.postgres else None)
 
     def remove(self) -> None:
         self.stop()
