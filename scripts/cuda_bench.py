@@ -61,38 +61,57 @@ def build_model(tokenizer, dtype, quantization: str | None, device: str = "cuda"
     return model
 
 
-def run(tokenizer, model, scenarios, n: int, turns: int, label: str) -> dict:
+PERSONALITIES = ("", "aggressive", "fair", "passive")
+
+
+def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool = True, pairs: int = 1,
+        together: bool = True) -> dict:
+    """``pairs`` model pairs (personalities differ, so prompts differ) over the same ``n`` scenarios: run together
+    (one batch across pairs) or one pair after another. ``grow``: the KV cache grows in place, else by concat."""
     import torch
 
     from agreemate_lib.backends.transformers_backend import TransformersBackend
     from agreemate_lib.negotiation.agents import Agent, AgentSpec
-    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations, run_pairs
 
-    backend = TransformersBackend("random-llama-3.2-3b", loaded=(tokenizer, model), batch_size=n,
-                                  prefix_cache_tokens=10_000_000)
-    spec = AgentSpec(id="r3b", temperature=0.7)
-    agent = Agent(spec, backend)
+    jobs = []
+    for i in range(pairs):
+        backend = TransformersBackend("random-llama-3.2-3b", loaded=(tokenizer, model), batch_size=n * pairs,
+                                      prefix_cache_tokens=10_000_000, grow_in_place=grow)
+        b = Agent(AgentSpec(id=f"b{i}", temperature=0.7, personality=PERSONALITIES[i % 4]), backend)
+        s = Agent(AgentSpec(id=f"s{i}", temperature=0.7, personality=PERSONALITIES[(i + 1) % 4]), backend)
+        jobs.append((scenarios[:n], b, s))
     cuda = next(model.parameters()).is_cuda
     fs0 = dict(getattr(model, "_agreemate_forward_stats", {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}))
+    batches0 = jobs[0][1].backend.shared.batcher.stats.as_dict()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    negs = run_negotiations(scenarios[:n], agent, agent, RunConfig(max_turns=turns, seed=0))
+    cfg = RunConfig(max_turns=turns, seed=0)
+    if together:
+        runs = run_pairs(jobs, cfg)
+    else:
+        runs = [run_negotiations(sc, b, s, cfg) for sc, b, s in jobs]
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t
+    negs = [x for r in runs for x in r]
     all_turns = [x for g in negs for x in g.turns]
     out_tok = sum(x.tokens_out for x in all_turns)
+    backend = jobs[0][1].backend
     fs = {k: backend.forward_stats[k] - fs0.get(k, 0) for k in ("prefill_s", "decode_s", "decode_steps")}
-    return {"config": label, "dialogues": n, "max_turns": turns, "wall_s": round(wall, 2),
+    batches = backend.shared.batcher.stats.as_dict()
+    return {"config": label, "kv_cache": "grows in place" if grow else "concatenation", "pairs": pairs,
+            "pairs_run": "together" if together else "one after another", "dialogues": len(negs),
+            "max_turns": turns, "wall_s": round(wall, 2),
             "negotiations_per_min": round(60 * len(negs) / wall, 1), "turns": len(all_turns),
             "generated_tokens": out_tok, "generated_tokens_per_s": round(out_tok / wall, 1),
             "parse_ok": sum(x.parse_ok for x in all_turns),
             "first_error": next((x.error for x in all_turns if x.error), None), "prefill_s": round(fs["prefill_s"], 2),
             "decode_s": round(fs["decode_s"], 2), "decode_steps": fs["decode_steps"],
             "ms_per_decode_step": round(1000 * fs["decode_s"] / max(1, fs["decode_steps"]), 2),
-            "structured_processor_s": round(backend.stats["processor_s"], 2),
+            "batches": batches["batches"] - batches0["batches"],
             "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
 
 
@@ -110,6 +129,9 @@ def main() -> int:
     p.add_argument("--quantization", nargs="+", default=["none", "nf4"])
     p.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (with --layers 2)")
     p.add_argument("--layers", type=int, default=0, help="override the layer count (smoke tests)")
+    p.add_argument("--compare-cache", action="store_true", help="each size also with the concatenating KV cache")
+    p.add_argument("--pairs", type=int, default=0, help="also: this many pairs over --dialogues[0] scenarios each, "
+                   "one after another and then together in one batch")
     args = p.parse_args()
     print(json.dumps({"gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                       "torch": torch.__version__,
@@ -125,7 +147,12 @@ def main() -> int:
         label = "bf16" if q == "none" else f"{q} (bf16 compute)"
         run(tok, model, scen, min(8, len(scen)), 2, "warm-up")
         for n in args.dialogues:
-            print(json.dumps(run(tok, model, scen, n, args.turns, label)), flush=True)
+            for grow in (False, True) if args.compare_cache else (True,):
+                print(json.dumps(run(tok, model, scen, n, args.turns, label, grow=grow)), flush=True)
+        if args.pairs > 1:
+            for together in (False, True):
+                print(json.dumps(run(tok, model, scen, args.dialogues[0], args.turns, label, pairs=args.pairs,
+                                     together=together)), flush=True)
         del model
         torch.cuda.empty_cache()
     return 0

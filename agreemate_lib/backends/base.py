@@ -118,3 +118,8 @@ class ChatBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         pass
+
+    def batcher(self):
+        """The :class:`~.batching.Batcher` that merges this backend's calls with other pairs' (None: calls run as
+        they come). A thread running a pair joins it so the others wait for its calls."""
+        return None

@@ -119,6 +119,9 @@ class CachedBackend(ChatBackend):
     def release(self, prefix_keys: list[str]) -> None:
         self.inner.release(prefix_keys)
 
+    def batcher(self):
+        return self.inner.batcher()
+
     def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
         keys = [request_key(self.model_id, r, settings, self.namespace) for r in requests]
         found = self.cache.get_many(keys)

@@ -248,3 +248,77 @@ def load_model(model: str, *, dtype: str | None = "auto", device: str = "auto", 
         lm.eval()
         _MODELS[key] = (tok, lm)
         return tok, lm
+
+
+# --- one base model serving every agent on it, LoRA adapters included -----------------------------------------
+
+class SharedBase:
+    """One loaded base model serving the base agent and every LoRA adapter on it (peft mixed-adapter batches), so
+    rows of different agents (base, fine-tuned buyer, seller, generalist) share one batched forward.
+
+    The base is loaded for this purpose only (never handed out by :func:`load_model`): peft injects LoRA layers
+    into it in place, and every call then goes through :attr:`module` with one adapter name per row
+    (:meth:`call_kwargs`; ``__base__`` runs the untouched base weights)."""
+
+    def __init__(self, tokenizer, base):
+        from agreemate_lib.backends.batching import Batcher
+
+        self.tokenizer, self.base = tokenizer, base
+        #: Merges the generate calls of every pair running in this process on this base (one thread each).
+        self.batcher = Batcher()
+        self.peft = None  # the PeftModel, once an adapter is loaded
+        self.adapters: dict[str, str] = {}  # adapter name -> folder
+        self._lock = threading.Lock()
+
+    @property
+    def module(self):
+        """What to call: the PeftModel once an adapter is loaded, else the plain base."""
+        return self.peft if self.peft is not None else self.base
+
+    def add_adapter(self, path: str) -> str:
+        """Load a LoRA folder (verified against its manifest) under a name from its content digest; returns it."""
+        name = "lora_" + file_digest(path)
+        with self._lock:
+            if name in self.adapters:
+                return name
+            if not Path(path).exists():
+                raise FileNotFoundError(f"LoRA adapter not found: {path}")
+            from peft import PeftModel
+
+            from agreemate_lib.training.shipping import verify_adapter
+
+            verify_adapter(path)
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.base, path, adapter_name=name)
+            else:
+                self.peft.load_adapter(path, adapter_name=name)
+            self.peft.eval()
+            self.adapters[name] = path
+            return name
+
+    def call_kwargs(self, names: list[str | None]) -> dict:
+        """Keyword arguments selecting each row's adapter (``None``: the base) for a forward or ``generate``."""
+        if self.peft is None:
+            if any(names):
+                raise ValueError("a row asks for an adapter but none is loaded on this base")
+            return {}
+        return {"adapter_names": [n or "__base__" for n in names]}
+
+
+_SHARED: dict[tuple, SharedBase] = {}
+
+
+def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",
+                quantization: str | None = None) -> SharedBase:
+    """The process's one :class:`SharedBase` for this model, dtype, device and quantization."""
+    dev = resolve_device(device)
+    key = (resolve_model_path(model), str(resolve_dtype(dtype, dev)), dev, quantization)
+    with _LOCK:
+        hit = _SHARED.get(key)
+    if hit is not None:
+        return hit
+    tok, lm = load_model(model, dtype=dtype, device=device, quantization=quantization, trainable=True)
+    tok.padding_side = "left"
+    lm.eval()
+    with _LOCK:
+        return _SHARED.setdefault(key, SharedBase(tok, lm))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -16,7 +17,7 @@ from agreemate_lib.backends.base import (
     GenerationSettings,
     request_seed,
 )
-from agreemate_lib.backends.models import ModelLoadError, file_digest, load_model
+from agreemate_lib.backends.models import ModelLoadError, file_digest
 
 _TABLES: dict[int, object] = {}  # structured-decoding token tables by tokenizer (one per loaded model)
 
@@ -44,11 +45,14 @@ def _attach_forward_timers(model) -> None:
 
 
 class RowSampler:
-    """A logits processor that samples each row with its own generator (temperature, then nucleus top-p), and
-    leaves only the sampled token: greedy search then takes it. Runs after the structured-decoding mask."""
+    """A logits processor that samples each row with its own generator and its own temperature and nucleus top-p,
+    and leaves only the sampled token: greedy search then takes it. Runs after the structured-decoding mask."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float):
-        self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
+    def __init__(self, seeds: list[int], temperature: float | list[float], top_p: float | list[float]):
+        n = len(seeds)
+        self.seeds = seeds
+        self.temperature = temperature if isinstance(temperature, list) else [temperature] * n
+        self.top_p = top_p if isinstance(top_p, list) else [top_p] * n
         self.generators: list | None = None
 
     def __call__(self, input_ids, scores):
@@ -56,11 +60,12 @@ class RowSampler:
 
         if self.generators is None:
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        logits = scores.float() / max(self.temperature, 1e-5)
-        probs = torch.softmax(logits, dim=-1)
-        if self.top_p < 1.0:
+        temp = torch.tensor([max(t, 1e-5) for t in self.temperature], device=scores.device).unsqueeze(1)
+        probs = torch.softmax(scores.float() / temp, dim=-1)
+        if any(p < 1.0 for p in self.top_p):
+            top_p = torch.tensor(self.top_p, device=scores.device).unsqueeze(1)
             sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
-            drop = torch.cumsum(sorted_p, dim=-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
+            drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p > top_p) & (top_p < 1.0)  # smallest set reaching top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
         out = torch.full_like(scores, torch.finfo(scores.dtype).min)
@@ -88,7 +93,11 @@ class TransformersConfig(BackendConfig):
 
 class TransformersBackend(ChatBackend):
     """Hugging Face transformers in this process: batched lockstep generation, per-dialogue KV reuse, structured
-    decoding by a per-row JSON state machine. ``model``: the embedded ``smollm2``, a local path or a hub id."""
+    decoding by a per-row JSON state machine. ``model``: the embedded ``smollm2``, a local path or a hub id.
+
+    Every backend on the same base model shares one loaded copy (:class:`~.models.SharedBase`), LoRA adapters
+    included, and one :class:`~.batching.Batcher`: when several model pairs run at once (one thread each), their
+    calls become one batched ``generate`` whose rows carry their own prompt, adapter, prefix cache and seed."""
 
     name = "transformers"
     Config = TransformersConfig
@@ -106,23 +115,30 @@ class TransformersBackend(ChatBackend):
     def __init__(self, model: str = "smollm2", *, adapter: str | None = None, dtype: str = "auto",
                  device: str = "auto", quantization: str | None = None, structured: bool = True,
                  batch_size: int = 32, prefix_cache: bool = True, prefix_cache_tokens: int = 64_000,
-                 loaded: tuple | None = None):
+                 loaded: tuple | None = None, grow_in_place: bool = True):
+        from agreemate_lib.backends.models import SharedBase, shared_base
+
         self.model_name = model or "smollm2"
         self.adapter = adapter
         self.structured = structured
         self.batch_size = max(1, batch_size)
+        #: The KV cache grows in place (:mod:`.kv_cache`); False: by concatenation, as transformers does.
+        self.grow_in_place = grow_in_place
         if loaded is not None:  # a (tokenizer, model) built elsewhere (benchmarks of models built from a config)
-            self.tokenizer, self.model = loaded
-            self.tokenizer.padding_side = "left"
-            if self.tokenizer.pad_token is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
+            tok, lm = loaded
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            self.shared = getattr(lm, "_agreemate_shared", None) or SharedBase(tok, lm)
+            lm._agreemate_shared = self.shared
         else:
             try:
-                self.tokenizer, self.model = load_model(
-                    self.model_name, dtype=dtype, device=device, quantization=quantization, adapter=adapter
-                )
+                self.shared = shared_base(self.model_name, dtype=dtype, device=device, quantization=quantization)
             except ModelLoadError as exc:
                 raise BackendError(str(exc)) from exc
+        #: The adapter's name on the shared base (None: the base weights).
+        self.adapter_name = self.shared.add_adapter(adapter) if adapter else None
+        self.tokenizer = self.shared.tokenizer
         if not hasattr(self.model, "_agreemate_forward_stats"):
             _attach_forward_timers(self.model)
         self.device = next(self.model.parameters()).device
@@ -131,15 +147,24 @@ class TransformersBackend(ChatBackend):
         from agreemate_lib.backends.prefix_cache import PrefixCache
 
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
-        #: Where this backend's time goes: generate calls and the structured-output processor (Python).
+        #: Where this backend's time goes: generate calls and the structured-output processor (Python). A call
+        #: merged with other backends' calls counts whole for each of them.
         self.stats = {"generate_s": 0.0, "processor_s": 0.0, "generate_calls": 0}
         #: Model forwards split into prefill (several new tokens) and decode (one new token per row); shared by
         #: every backend on the same loaded model, since it times the model.
         self.forward_stats = self.model._agreemate_forward_stats
 
+    @property
+    def model(self):
+        """The base model (its config, embeddings, timers); calls go through ``self.shared.module``."""
+        return self.shared.base
+
     def release(self, prefix_keys: list[str]) -> None:
         if self.prefix_cache is not None:
             self.prefix_cache.release(prefix_keys)
+
+    def batcher(self):
+        return self.shared.batcher
 
     @property
     def table(self):
@@ -160,18 +185,16 @@ class TransformersBackend(ChatBackend):
         return text + (assistant_prefix(req.reply_format.cot) if self.structured else "")
 
     def generate(self, requests: list[ChatRequest], settings: GenerationSettings) -> list[Completion]:
-        prompts = [self.prompt_text(r) for r in requests]
-        lengths = [len(p) for p in prompts]
-        order = sorted(range(len(requests)), key=lambda i: lengths[i])  # similar lengths together: less padding
-        results: list[Completion | None] = [None] * len(requests)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            outs = self._generate_batch([requests[i] for i in idx], [prompts[i] for i in idx], settings)
-            for i, c in zip(idx, outs):
-                results[i] = c
-        return results  # type: ignore[return-value]
+        """Through the shared base's batcher: alone, this call runs at once; beside other pairs' threads, it joins
+        their calls into one batch (calls that differ in what one ``generate`` fixes for all rows stay apart)."""
+        if not requests:
+            return []
+        key = (settings.greedy, settings.max_new_tokens, settings.repetition_penalty, self.structured,
+               self.prefix_cache is not None, self.grow_in_place)
+        return self.shared.batcher.submit(key, _Call(self, requests, settings), _run_calls)
 
-    def _generate_batch(self, reqs: list[ChatRequest], prompts: list[str], settings: GenerationSettings):
+    # -- one batch of rows, possibly from several backends on the same base ----------------------------------------
+    def _generate_rows(self, rows: list[_Row]) -> list[Completion]:
         import torch
         from transformers import LogitsProcessorList
 
@@ -182,8 +205,13 @@ class TransformersBackend(ChatBackend):
             max_reply_tokens,
         )
 
+        settings = rows[0].settings  # what one generate fixes for all rows is equal across them (the batcher key)
         t0 = time.perf_counter()  # generate_s covers encoding and the shared-head prefill too
-        enc, past, reuse = self._encode(reqs, prompts)
+        longest = settings.max_new_tokens
+        if self.structured:
+            longest = max(longest, *(max_reply_tokens(r.req.reply_format.cot, r.req.reply_format.max_utterance_tokens,
+                                                      r.req.reply_format.max_reasoning_tokens) for r in rows))
+        enc, past, reuse = self._encode(rows, reserve=longest)
         gen_kwargs: dict = {
             "max_new_tokens": settings.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -195,41 +223,41 @@ class TransformersBackend(ChatBackend):
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         machines = None
         if self.structured:
-            machines = [TurnMachine(self.table, r.reply_format) for r in reqs]
-            bound = max(max_reply_tokens(r.reply_format.cot, r.reply_format.max_utterance_tokens,
-                                         r.reply_format.max_reasoning_tokens) for r in reqs)
-            gen_kwargs["max_new_tokens"] = max(settings.max_new_tokens, bound)
+            machines = [TurnMachine(self.table, r.req.reply_format) for r in rows]
+            gen_kwargs["max_new_tokens"] = longest
             gen_kwargs["logits_processor"] = LogitsProcessorList([TurnMachineProcessor(machines)])
         else:
             gen_kwargs["stop_strings"] = ["}"]
             gen_kwargs["tokenizer"] = self.tokenizer
             gen_kwargs["logits_processor"] = LogitsProcessorList()
         if not settings.greedy:
-            gen_kwargs["logits_processor"].append(RowSampler([request_seed(settings.seed, r.key) for r in reqs],
-                                                             settings.temperature, settings.top_p))
+            gen_kwargs["logits_processor"].append(RowSampler(
+                [request_seed(r.settings.seed, r.req.key) for r in rows],
+                [r.settings.temperature for r in rows], [r.settings.top_p for r in rows]))
         if past is None and self.prefix_cache is not None:
-            from transformers import DynamicCache
-
-            past = DynamicCache(config=self.model.config)
+            past = self._new_cache(enc["input_ids"].shape[1] + longest)
         if past is not None:
             gen_kwargs[cache_kwarg(self.model)] = past
+        gen_kwargs.update(self.shared.call_kwargs([r.backend.adapter_name for r in rows]))
         with torch.inference_mode():
-            out = self.model.generate(**enc, **gen_kwargs)
-        self.stats["generate_s"] += time.perf_counter() - t0
-        self.stats["generate_calls"] += 1
-        if machines:
-            self.stats["processor_s"] += gen_kwargs["logits_processor"][0].elapsed
+            out = self.shared.module.generate(**enc, **gen_kwargs)
+        elapsed = time.perf_counter() - t0
+        for b in {id(r.backend): r.backend for r in rows}.values():
+            b.stats["generate_s"] += elapsed
+            b.stats["generate_calls"] += 1
+            if machines:
+                b.stats["processor_s"] += gen_kwargs["logits_processor"][0].elapsed
         new = out[:, enc["input_ids"].shape[1] :]
-        if self.prefix_cache is not None and past is not None:
-            self._store(reqs, enc, out, past)
+        if past is not None:
+            self._store(rows, enc, out, past)
         completions = []
-        for row, req in enumerate(reqs):
+        for row, r in enumerate(rows):
             ids = new[row].tolist()
             n_out = len(ids)
             if self.tokenizer.eos_token_id in ids:
                 n_out = ids.index(self.tokenizer.eos_token_id) + 1
             text = self.tokenizer.decode(ids[:n_out], skip_special_tokens=True)
-            prefix = assistant_prefix(req.reply_format.cot) if self.structured else ""
+            prefix = assistant_prefix(r.req.reply_format.cot) if self.structured else ""
             structured = bool(machines and machines[row].complete)
             truncated = (not machines[row].complete) if machines else ("}" not in text)
             completions.append(
@@ -244,19 +272,22 @@ class TransformersBackend(ChatBackend):
         return completions
 
     # -- KV-cache reuse across turns ---------------------------------------------------------------------------
-    def _encode(self, reqs: list[ChatRequest], prompts: list[str]):
-        """Token ids, attention mask and (when prefixes are cached) a batch KV cache covering the reused part.
+    def _encode(self, rows: list[_Row], reserve: int = 256):
+        """Token ids, attention mask and (when prefixes are cached) a batch KV cache covering the reused part; each
+        row's reused keys and values come from its own backend's prefix cache (its own adapter's).
 
         Row layout with reuse: [pad][cached prefix][pad][new tokens]; the mask zeroes the pads and position ids
         follow the mask, so every real token keeps the position it had when its keys were computed.
         """
         import torch
 
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        cache = self.prefix_cache
-        if cache is not None:
-            self._share_common_head(reqs, ids)
-        hits = [cache.lookup(r.prefix_key, x) if cache is not None else (None, 0) for r, x in zip(reqs, ids)]
+        ids = [self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"] for r in rows]
+        for b in {id(r.backend): r.backend for r in rows}.values():
+            if b.prefix_cache is not None:
+                mine = [i for i, r in enumerate(rows) if r.backend is b]
+                b._share_common_head([rows[i].req for i in mine], [ids[i] for i in mine])
+        hits = [r.backend.prefix_cache.lookup(r.req.prefix_key, x) if r.backend.prefix_cache is not None
+                else (None, 0) for r, x in zip(rows, ids)]
         reuse = [n for _, n in hits]
         pad = self.tokenizer.pad_token_id
         P = max(reuse)
@@ -269,16 +300,15 @@ class TransformersBackend(ChatBackend):
             rest = x[n:]
             input_ids[i, P + N - len(rest) :] = torch.tensor(rest, dtype=torch.long)
             mask[i, P + N - len(rest) :] = 1
-        if cache is not None:
-            cache.reused_tokens += sum(reuse)
-            cache.prefilled_tokens += sum(len(x) - n for x, n in zip(ids, reuse))
+        for r, x, n in zip(rows, ids, reuse):
+            if r.backend.prefix_cache is not None:
+                r.backend.prefix_cache.reused_tokens += n
+                r.backend.prefix_cache.prefilled_tokens += len(x) - n
         enc = {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
         if P == 0:
             return enc, None, reuse
-        from transformers import DynamicCache
-
         ref = next(e for e, n in hits if n)
-        past = DynamicCache(config=self.model.config)
+        past = self._new_cache(N + reserve)  # room for the new tokens and the reply
         for layer in range(len(ref.keys)):
             kvh, _, hd = ref.keys[layer].shape
             k = torch.zeros((len(ids), kvh, P, hd), dtype=ref.keys[layer].dtype, device=self.device)
@@ -288,6 +318,17 @@ class TransformersBackend(ChatBackend):
                     e.copy_into(layer, k[i, :, P - n :], v[i, :, P - n :], n)
             past.update(k, v, layer)
         return enc, past, reuse
+
+    def _new_cache(self, reserve: int):
+        """A batch KV cache: growing in place with room for ``reserve`` tokens, or (``grow_in_place=False``, for
+        before/after figures) transformers' own, which appends by concatenation."""
+        if self.grow_in_place:
+            from agreemate_lib.backends.kv_cache import growing_cache
+
+            return growing_cache(self.model.config, reserve)
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
 
     def _share_common_head(self, reqs: list[ChatRequest], ids: list[list[int]], min_tokens: int = 32) -> None:
         """Rows with nothing cached (first turns) that start alike: prefill their common head once, as a shared
@@ -307,14 +348,15 @@ class TransformersBackend(ChatBackend):
 
         past = DynamicCache(config=self.model.config)
         with torch.inference_mode():
-            self.model(input_ids=torch.tensor([head[:n]], device=self.device), use_cache=True,
-                       **{cache_kwarg(self.model): past})
+            self.shared.module(input_ids=torch.tensor([head[:n]], device=self.device), use_cache=True,
+                               **{cache_kwarg(self.model): past}, **self.shared.call_kwargs([self.adapter_name]))
         self.prefix_cache.store_shared(CachedPrefix(head[:n], [layer.keys[0].clone() for layer in past.layers],
                                                     [layer.values[0].clone() for layer in past.layers]))
         self.prefix_cache.prefilled_tokens += n
 
-    def _store(self, reqs: list[ChatRequest], enc: dict, out, past) -> None:
-        """Keep each row's real tokens (prompt and reply up to its end) with their keys and values."""
+    def _store(self, rows: list[_Row], enc: dict, out, past) -> None:
+        """Keep each row's real tokens (prompt and reply up to its end) with their keys and values, in the row's
+        own backend's prefix cache."""
         import torch
 
         from agreemate_lib.backends.prefix_cache import CachedPrefix
@@ -322,17 +364,51 @@ class TransformersBackend(ChatBackend):
         cached_len = past.get_seq_length()
         prompt_len = enc["input_ids"].shape[1]
         eos = self.tokenizer.eos_token_id
-        for i, r in enumerate(reqs):
-            if not r.prefix_key:
+        for i, r in enumerate(rows):
+            cache = r.backend.prefix_cache
+            if cache is None or not r.req.prefix_key:
                 continue
             gen = out[i, prompt_len:].tolist()
             n_gen = gen.index(eos) + 1 if eos in gen else len(gen)
             real = enc["attention_mask"][i].nonzero().flatten().tolist()
             positions = [p for p in real + list(range(prompt_len, prompt_len + n_gen)) if p < cached_len]
             ids = out[i, positions].tolist()
-            base = self.prefix_cache.base_for(ids)
+            base = cache.base_for(ids)
             own = positions[base.length:] if base else positions
             idx = torch.tensor(own, device=out.device)
             keys = [layer.keys[i].index_select(1, idx) for layer in past.layers]
             values = [layer.values[i].index_select(1, idx) for layer in past.layers]
-            self.prefix_cache.store(r.prefix_key, CachedPrefix(ids, keys, values, base))
+            cache.store(r.req.prefix_key, CachedPrefix(ids, keys, values, base))
+
+
+@dataclass
+class _Call:
+    """One backend's ``generate`` call, as handed to the batcher."""
+
+    backend: TransformersBackend
+    rows: list[ChatRequest]
+    settings: GenerationSettings
+
+
+@dataclass
+class _Row:
+    backend: TransformersBackend
+    req: ChatRequest
+    prompt: str
+    settings: GenerationSettings
+
+
+def _run_calls(calls: list[_Call]) -> list[list[Completion]]:
+    """Run merged calls (same base model, same fixed generation settings) as batches of similar prompt lengths (less
+    padding), at most the largest ``batch_size`` of the calls' backends a batch; each call gets its own replies."""
+    rows = [(c, k, _Row(call.backend, req, call.backend.prompt_text(req), call.settings))
+            for c, call in enumerate(calls) for k, req in enumerate(call.rows)]
+    rows.sort(key=lambda t: len(t[2].prompt))
+    size = max(call.backend.batch_size for call in calls)
+    out: list[list[Completion | None]] = [[None] * len(call.rows) for call in calls]
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        comps = chunk[0][2].backend._generate_rows([r for _, _, r in chunk])
+        for (c, k, _), comp in zip(chunk, comps):
+            out[c][k] = comp
+    return out  # type: ignore[return-value]

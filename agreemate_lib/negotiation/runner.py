@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -253,18 +254,44 @@ def run_negotiations(
             bar.update(1)
 
     groups: Iterable[list[_Live]] = [todo] if cfg.mode == "batched" else [[lv] for lv in todo]
-    for group in groups:
-        live = list(group)
-        for t in range(cfg.max_turns):
-            if not live:
-                break
-            if bar:
-                bar.set_postfix(turn=t + 1, live=len(live))
-            still = _step(agents, live, cfg, t)
-            for lv in live:
-                if lv not in still:
-                    finish(lv)
-            live = still
+    with ExitStack() as joined:
+        if cfg.mode == "batched":  # other pairs running beside this one in this process wait for its calls
+            for b in {id(x): x for x in (buyer.backend.batcher(), seller.backend.batcher()) if x}.values():
+                joined.enter_context(b.member())
+        for group in groups:
+            live = list(group)
+            for t in range(cfg.max_turns):
+                if not live:
+                    break
+                if bar:
+                    bar.set_postfix(turn=t + 1, live=len(live))
+                still = _step(agents, live, cfg, t)
+                for lv in live:
+                    if lv not in still:
+                        finish(lv)
+                live = still
     if bar:
         bar.close()
     return all_negs
+
+
+def run_pairs(jobs: Sequence[tuple[Sequence[Scenario], Agent, Agent]], cfg: RunConfig = RunConfig(),
+              **kwargs: Any) -> list[list[Negotiation]]:
+    """Several pairs at once, one thread each: agents on the same base model (adapters included) advance in one
+    batch per step across all pairs (see :mod:`agreemate_lib.backends.batching`). Returns each pair's
+    negotiations, in order; an exception in one pair is raised after every pair has finished."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    ready = threading.Barrier(len(jobs)) if jobs else None
+
+    def one(sc, b, s):
+        with ExitStack() as joined:  # every pair is a member before any asks: the first call waits for the others
+            for x in {id(x): x for x in (b.backend.batcher(), s.backend.batcher()) if x}.values():
+                joined.enter_context(x.member())
+            ready.wait()
+            return run_negotiations(sc, b, s, cfg, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="pair") as pool:
+        futures = [pool.submit(one, sc, b, s) for sc, b, s in jobs]
+        return [f.result() for f in futures]

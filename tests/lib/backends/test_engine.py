@@ -51,3 +51,26 @@ def test_prefix_cache_lookup_and_eviction():
     assert "a" not in pc.entries and "c" in pc.entries
     pc.release(["c"])
     assert not pc.entries
+
+
+def test_growing_cache_writes_in_place_and_matches_concatenation():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from agreemate_lib.backends.kv_cache import GrowingLayer
+
+    grow, cat = GrowingLayer(reserve=4), DynamicLayer()
+    steps = [torch.randn(2, 3, n, 8) for n in (5, 1, 1, 1, 1, 1, 3)]  # a prefill, decode steps, past the room
+    ptrs = set()
+    for x in steps:
+        k1, v1 = grow.update(x, -x)
+        k2, v2 = cat.update(x, -x)
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+        ptrs.add(k1.data_ptr())
+    assert len(ptrs) == 2  # one buffer for the prefill and four steps, one re-allocation when the room ran out
+    grow.crop(-2)
+    k, _ = grow.update(steps[1], steps[1])
+    assert k.shape[2] == 12 and torch.equal(k[:, :, -1:], steps[1])
+    grow.batch_select_indices(torch.tensor([1]))  # replaced views: the next update re-seeds the buffer
+    k, _ = grow.update(steps[2][1:], steps[2][1:])
+    assert k.shape[:3] == (1, 3, 13) and torch.equal(k[:, :, -1:], steps[2][1:])

@@ -144,7 +144,8 @@ def llama_server():
             pytest.fail("llama_cpp.server did not answer within 120 s")
         yield url
     finally:
-        os.killpg(proc.pid, 15)
+        if proc.poll() is None:  # a server that died on start has no group left to signal
+            os.killpg(proc.pid, 15)
         proc.wait(30)
 
 

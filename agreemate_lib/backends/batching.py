@@ -1,0 +1,141 @@
+"""Batching across model pairs: negotiations of several pairs, each run by its own thread, advance in one batch.
+
+Every pair's runner advances its negotiations in lockstep and asks its backend for one batch per turn. When several
+pairs run at once in one process (one thread each, :func:`agreemate_lib.negotiation.runner.run_pairs`), each of
+those calls is handed to a :class:`Batcher` instead: the call waits until every pair that is still negotiating has
+a call pending (or ``wait_s`` has passed), and one thread then runs all pending calls that can share a forward
+(same model, same generation settings) as one batch and hands each caller its own rows back. A pair whose turn
+needs no model (a rule-based side) or another model simply comes back sooner with its next call.
+
+A thread that never joins (a single pair, the naive path) finds nobody else to wait for: its call runs at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    item: Any
+    runner: Callable[[list[Any]], list[Any]]
+    thread: int
+    submitted: float = field(default_factory=time.monotonic)
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did: batches run, the calls and rows they merged, the largest batch."""
+
+    batches: int = 0
+    calls: int = 0
+    rows: int = 0
+    max_rows: int = 0
+    max_calls: int = 0
+    waited_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"batches": self.batches, "calls": self.calls, "rows": self.rows, "max_rows": self.max_rows,
+                "max_calls_merged": self.max_calls, "mean_rows": round(self.rows / max(1, self.batches), 2),
+                "waited_s": round(self.waited_s, 3)}
+
+
+class Batcher:
+    """Merges calls from member threads. ``submit(key, item, runner)``: calls with equal ``key`` may be merged; the
+    leading thread calls ``runner(items)`` (one result per item, in order) and every caller gets its own result (or
+    the runner's exception)."""
+
+    def __init__(self, wait_s: float = 2.0):
+        self.wait_s = wait_s
+        self._cond = threading.Condition()
+        self._members: dict[int, int] = {}  # thread id -> how many times it joined (nested joins count once)
+        self._pending: list[_Job] = []
+        self._busy = False
+        self.stats = BatchStats()
+
+    @contextmanager
+    def member(self) -> Iterator[None]:
+        """The calling thread takes part until the block ends: others wait for its calls."""
+        tid = threading.get_ident()
+        with self._cond:
+            self._members[tid] = self._members.get(tid, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._members[tid] -= 1
+                if not self._members[tid]:
+                    del self._members[tid]
+                self._cond.notify_all()  # those waiting for this thread's call need not any more
+
+    @property
+    def members(self) -> int:
+        with self._cond:
+            return len(self._members)
+
+    def _everyone_waiting(self) -> bool:
+        waiting = {j.thread for j in self._pending}
+        return all(t in waiting for t in self._members)
+
+    def submit(self, key: Hashable, item: Any, runner: Callable[[list[Any]], list[Any]]) -> Any:
+        job = _Job(key, item, runner, threading.get_ident())
+        with self._cond:
+            self._pending.append(job)
+            self._cond.notify_all()
+            deadline = job.submitted + self.wait_s
+            while not job.done:
+                if not self._busy and self._pending and (self._everyone_waiting() or time.monotonic() >= deadline):
+                    self._lead()
+                    deadline = time.monotonic() + self.wait_s
+                    continue
+                self._cond.wait(timeout=max(0.001, deadline - time.monotonic()) if not self._busy else None)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _lead(self) -> None:
+        """Run the oldest pending call's group (called holding the lock; runs the batch without it)."""
+        first = self._pending[0]
+        batch = [j for j in self._pending if j.key == first.key]
+        self._pending = [j for j in self._pending if j.key != first.key]
+        self._busy = True
+        waited = time.monotonic()
+        self._cond.release()
+        try:
+            try:
+                results = first.runner([j.item for j in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch runner returned {len(results)} results for {len(batch)} calls")
+                for j, r in zip(batch, results):
+                    j.result = r
+            except BaseException as exc:  # noqa: BLE001 - every caller gets the failure of its batch
+                for j in batch:
+                    j.error = exc
+        finally:
+            self._cond.acquire()
+            self._busy = False
+            for j in batch:
+                j.done = True
+            s = self.stats
+            s.batches += 1
+            s.calls += len(batch)
+            rows = sum(_rows(j.item) for j in batch)
+            s.rows += rows
+            s.max_rows = max(s.max_rows, rows)
+            s.max_calls = max(s.max_calls, len(batch))
+            s.waited_s += sum(max(0.0, waited - j.submitted) for j in batch)  # calls held back for the others
+            self._cond.notify_all()
+
+
+def _rows(item: Any) -> int:
+    rows = getattr(item, "rows", None)
+    return len(rows) if rows is not None else 1
