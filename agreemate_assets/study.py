@@ -1,12 +1,15 @@
 """The main job: the roster, the scenarios, the default pairs of agents.yaml, the metrics table and (by default) the
 evaluation and report assets, materialized into the Dagster instance at $DAGSTER_HOME by the project's defined jobs
 (``study_setup``, ``buyer_config``/``seller_config``, ``study_pair`` per pair, ``study_metrics``,
-``study_reports``), in this process (the model is loaded once for every pair).
+``study_reports``), in this process (the model is loaded once for every pair; with ``--pairs-at-once``, pairs are
+negotiated at once, their agents sharing one batch per step, before each pair's own run checks and stores them).
 
     python -m agreemate_assets.study [--pairs B|S ...] [--scenarios N] [--max-turns T] [--no-report]
+                                     [--pairs-at-once N]
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from agreemate_lib.backends.batching import batch_stats
 from agreemate_lib.negotiation.roster import default_pairs, load_roster
 
 from .definitions import definitions_for
@@ -41,8 +45,10 @@ class StudyFailed(RuntimeError):
 
 
 def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple[str, str]], log=print,
-              log_level: str = "WARNING", with_reports: bool = False) -> dict:
+              log_level: str = "WARNING", with_reports: bool = False, pairs_at_once: int = 1) -> dict:
     """Run the study's jobs for ``pairs``, each run recorded in ``instance``. Returns {"BUYER|SELLER": success}.
+    ``pairs_at_once``: how many pairs are negotiated at once, sharing one batch per step, before their runs
+    (0: all; 1: none ahead, each pair's run negotiates alone; see :func:`negotiate_ahead`).
 
     Setup and agent configs are blocking: a failure there stops the study (:class:`StudyFailed`). A pair whose run
     or blocking check fails is reported and left out of the metrics; the other pairs go on. ``failures`` (a list
@@ -72,11 +78,17 @@ def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple
     for agent in sorted({s for _, s in pairs}):
         run("seller_config", agent, blocking=True)
     results = StudyResults()
-    for b, s in pairs:
-        t = time.perf_counter()
+    t = time.perf_counter()
+    width = len(pairs) if pairs_at_once <= 0 else pairs_at_once
+    if width > 1 and study.runner_mode == "batched":
+        negotiate_ahead(project, instance, study, pairs, width, log)
+    for b, s in pairs:  # each pair's own run: its partition, its checks (negotiations come from its checkpoint)
+        t1 = time.perf_counter()
         res = run("study_pair", pair_key(b, s))
         results[f"{b}|{s}"] = res.success
-        log(f"  {b} vs {s}: {'ok' if res.success else 'FAILED'} in {time.perf_counter() - t:.0f} s")
+        log(f"  {b} vs {s}: {'ok' if res.success else 'FAILED'} in {time.perf_counter() - t1:.0f} s")
+    results.negotiation_s = time.perf_counter() - t
+    log(f"  {len(pairs)} pairs negotiated and checked in {results.negotiation_s:.0f} s")
     results.metrics_ok = run("study_metrics").success
     if with_reports:
         t = time.perf_counter()
@@ -85,6 +97,51 @@ def run_study(instance: DagsterInstance, study: StudySettings, pairs: list[tuple
     results.failures = failures
     log(f"study done in {time.perf_counter() - t0:.0f} s")
     return results
+
+
+def negotiate_ahead(project, instance: DagsterInstance, study: StudySettings, pairs: list[tuple[str, str]],
+                    width: int, log=print) -> None:
+    """Negotiate ``width`` pairs at a time, one thread each, so agents on one base model (LoRA adapters included)
+    share one batch per step; each pair's finished negotiations go to the checkpoint its own run then resumes from
+    (same agents' config hashes, run settings and scenarios, or the checkpoint is set aside and the run negotiates
+    itself). Dagster's runs are not made concurrent: its SQLite storage deadlocks under threads. A pair that
+    cannot start here is left to its own run, which records the failure; error negotiations are never
+    checkpointed, so its run negotiates them again."""
+    from agreemate_lib.negotiation.runner import run_pairs
+
+    from .defs.negotiation.assets import agent_spec, checkpoint_path, pair_agents, run_config, scenario_records
+    from .lib.resources import InferenceServer
+
+    t = time.perf_counter()
+    logging.disable(logging.INFO)  # the loader logs every file it reads; nothing else runs meanwhile
+    with project.get_asset_value_loader(instance) as loader:
+        frame = loader.load_asset_value("scenarios")
+        buyers = {b: agent_spec(loader.load_asset_value("buyer_agent_config", partition_key=b))
+                  for b in sorted({b for b, _ in pairs})}
+        sellers = {s: agent_spec(loader.load_asset_value("seller_agent_config", partition_key=s))
+                   for s in sorted({s for _, s in pairs})}
+    logging.disable(logging.NOTSET)
+    scen, run_settings = scenario_records(frame)
+    cfg = run_config(study, run_settings)
+    server = InferenceServer(api_key=os.environ.get("OPENAI_API_KEY", ""))
+    jobs = []
+    for b, s in pairs:
+        try:
+            buyer, seller, _ = pair_agents(study, server, buyers[b], sellers[s])
+        except Exception as exc:  # noqa: BLE001 - the pair's own run meets it again and records it
+            log(f"  {b} vs {s}: not negotiated ahead ({type(exc).__name__}: {exc}); its own run will try")
+            continue
+        jobs.append((scen, buyer, seller, {"checkpoint": checkpoint_path(study, b, s)}))
+    before = batch_stats()
+    for i in range(0, len(jobs), width):
+        try:
+            run_pairs(jobs[i : i + width], cfg)
+        except Exception as exc:  # noqa: BLE001 - finished negotiations are checkpointed; the runs go on from there
+            log(f"  negotiating ahead stopped ({type(exc).__name__}: {exc}); each pair's run goes on from its "
+                "checkpoint")
+    merged = {k: v for k, v in batch_stats(since=before).items() if v["batches"]}
+    log(f"  {len(jobs)} pairs negotiated at once ({min(width, len(jobs))} at a time) in "
+        f"{time.perf_counter() - t:.0f} s; batches per base model: {merged or 'none (no local model)'}")
 
 
 def submit_study(deployment, study: StudySettings, pairs: list[tuple[str, str]], log=print,
@@ -135,6 +192,8 @@ class StudyResults(dict):
     metrics_ok: bool = True
     reports_ok: bool = True
     failures: list
+    #: Wall time of the pairs' runs (the negotiations with their checks), as the main job reports it.
+    negotiation_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -153,6 +212,10 @@ def main(argv=None) -> int:
     p.add_argument("--scenarios", type=int, default=None)
     p.add_argument("--max-turns", type=int, default=None)
     p.add_argument("--no-report", action="store_true", help="skip the evaluation and report assets")
+    p.add_argument("--pairs-at-once", type=int, default=1, metavar="N",
+                   help="negotiate N pairs at once, sharing one batch per step, before each pair's run takes its "
+                        "negotiations from its checkpoint (0: all; default 1: each pair's run negotiates alone; on "
+                        "the 2-core CPU both take the same time, on a GPU at once is faster: docs/performance.md)")
     p.add_argument("--submit", type=int, metavar="PORT", default=None,
                    help="submit the jobs to the deployment whose webserver listens on 127.0.0.1:PORT (the team and "
                         "cluster profiles: docs/deploy.md) instead of running them in this process")
@@ -179,7 +242,8 @@ def main(argv=None) -> int:
             results = submit_study(Deployment(instance, args.submit), study, pairs,  # type: ignore[arg-type]
                                    with_reports=not args.no_report)
         else:
-            results = run_study(instance, study, pairs, with_reports=not args.no_report)  # type: ignore[arg-type]
+            results = run_study(instance, study, pairs, with_reports=not args.no_report,  # type: ignore[arg-type]
+                                pairs_at_once=args.pairs_at_once)
     except StudyFailed as exc:
         print(f"\nFAILED: {exc}. Nothing after it ran; see the lines above and the Dagster UI.", file=sys.stderr)
         return 1

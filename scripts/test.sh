@@ -8,7 +8,8 @@ bash scripts/setup.sh || exit 1
 # the first run on a machine pays.
 if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
   echo "[test] installing llama-cpp-python[server] (first time on this machine: a ~10 minute compile)"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/pip install --disable-pip-version-check -q \
+  # No llava/mtmd library: the server imports it only for image chat handlers, and it is a large part of the compile.
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" .venv/bin/pip install --disable-pip-version-check -q \
     "llama-cpp-python[server]==0.3.36" >/tmp/agreemate-llama-install.log 2>&1 \
     || { tail -30 /tmp/agreemate-llama-install.log >&2; echo "[test] llama-cpp-python install failed" >&2; exit 1; }
 fi

@@ -77,6 +77,20 @@ class Batcher:
                     del self._members[tid]
                 self._cond.notify_all()  # those waiting for this thread's call need not any more
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No batch runs while the block runs (e.g. while an adapter is injected into the shared model)."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
     @property
     def members(self) -> int:
         with self._cond:
@@ -139,3 +153,27 @@ class Batcher:
 def _rows(item: Any) -> int:
     rows = getattr(item, "rows", None)
     return len(rows) if rows is not None else 1
+
+
+#: Every batcher of this process, by the model it serves (see :func:`register`).
+_REGISTRY: dict[str, Batcher] = {}
+
+
+def register(name: str, batcher: Batcher) -> Batcher:
+    """Name a batcher (its model) so :func:`batch_stats` reports it."""
+    _REGISTRY[name] = batcher
+    return batcher
+
+
+def batch_stats(since: dict | None = None) -> dict[str, dict]:
+    """Each named batcher's statistics; with ``since`` (an earlier result), the counts since then."""
+    out = {}
+    for name, b in _REGISTRY.items():
+        now = b.stats.as_dict()
+        old = (since or {}).get(name)
+        if old:
+            for k in ("batches", "calls", "rows", "waited_s"):
+                now[k] = round(now[k] - old[k], 3)
+            now["mean_rows"] = round(now["rows"] / max(1, now["batches"]), 2)
+        out[name] = now
+    return out

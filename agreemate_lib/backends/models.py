@@ -278,7 +278,7 @@ class SharedBase:
     def add_adapter(self, path: str) -> str:
         """Load a LoRA folder (verified against its manifest) under a name from its content digest; returns it."""
         name = "lora_" + file_digest(path)
-        with self._lock:
+        with self._lock, self.batcher.exclusive():  # never inject layers under a running batch of other pairs
             if name in self.adapters:
                 return name
             if not Path(path).exists():
@@ -306,6 +306,7 @@ class SharedBase:
 
 
 _SHARED: dict[tuple, SharedBase] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",
@@ -313,12 +314,15 @@ def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",
     """The process's one :class:`SharedBase` for this model, dtype, device and quantization."""
     dev = resolve_device(device)
     key = (resolve_model_path(model), str(resolve_dtype(dtype, dev)), dev, quantization)
-    with _LOCK:
-        hit = _SHARED.get(key)
-    if hit is not None:
-        return hit
-    tok, lm = load_model(model, dtype=dtype, device=device, quantization=quantization, trainable=True)
-    tok.padding_side = "left"
-    lm.eval()
-    with _LOCK:
-        return _SHARED.setdefault(key, SharedBase(tok, lm))
+    with _SHARED_LOCK:  # pairs starting at once load the base once
+        if key in _SHARED:
+            return _SHARED[key]
+        tok, lm = load_model(model, dtype=dtype, device=device, quantization=quantization, trainable=True)
+        tok.padding_side = "left"
+        lm.eval()
+        from agreemate_lib.backends.batching import register
+
+        _SHARED[key] = shared = SharedBase(tok, lm)
+        register(f"{model}/{key[1].removeprefix('torch.')}/{dev}" + (f"/{quantization}" if quantization else ""),
+                 shared.batcher)
+        return shared

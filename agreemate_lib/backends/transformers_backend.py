@@ -398,17 +398,34 @@ class _Row:
     settings: GenerationSettings
 
 
+def _reply_bound(req: ChatRequest) -> int:
+    from agreemate_lib.backends.structured import max_reply_tokens
+
+    f = req.reply_format
+    return max_reply_tokens(f.cot, f.max_utterance_tokens, f.max_reasoning_tokens)
+
+
 def _run_calls(calls: list[_Call]) -> list[list[Completion]]:
     """Run merged calls (same base model, same fixed generation settings) as batches of similar prompt lengths (less
-    padding), at most the largest ``batch_size`` of the calls' backends a batch; each call gets its own replies."""
+    padding), at most the largest ``batch_size`` of the calls' backends a batch; each call gets its own replies.
+
+    Rows whose replies may run to different lengths (chain-of-thought rows write a reasoning field first) go to
+    different batches: a batch decodes until its longest reply ends, and a short-reply row would be carried along
+    for every step of the long ones."""
     rows = [(c, k, _Row(call.backend, req, call.backend.prompt_text(req), call.settings))
             for c, call in enumerate(calls) for k, req in enumerate(call.rows)]
-    rows.sort(key=lambda t: len(t[2].prompt))
+    rows.sort(key=lambda t: (_reply_bound(t[2].req), len(t[2].prompt)))
     size = max(call.backend.batch_size for call in calls)
     out: list[list[Completion | None]] = [[None] * len(call.rows) for call in calls]
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
+    start = 0
+    while start < len(rows):
+        bound = _reply_bound(rows[start][2].req)
+        end = start
+        while end < len(rows) and end - start < size and _reply_bound(rows[end][2].req) == bound:
+            end += 1
+        chunk = rows[start:end]
         comps = chunk[0][2].backend._generate_rows([r for _, _, r in chunk])
         for (c, k, _), comp in zip(chunk, comps):
             out[c][k] = comp
+        start = end
     return out  # type: ignore[return-value]

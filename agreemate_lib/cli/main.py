@@ -116,7 +116,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from agreemate_lib.negotiation.bench import print_report, run_bench
 
     r = run_bench(args.scenarios, args.turns, args.seed, args.dtype, with_llama_cpp=not args.no_llama_cpp,
-                  with_profile=not args.no_profile)
+                  with_profile=not args.no_profile, pairs=args.pairs, with_llama_server=not args.no_llama_server)
     print_report(r)
     if args.json:
         print(json.dumps(r))
@@ -191,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     b.add_argument("--no-llama-cpp", action="store_true")
+    b.add_argument("--no-llama-server", action="store_true",
+                   help="skip llama.cpp's own server (built by scripts/build_llama_server.sh)")
     b.add_argument("--no-profile", action="store_true", help="skip the decode-step profile (ms per step vs batch)")
+    b.add_argument("--pairs", type=int, default=4,
+                   help="also run this many pairs one after another and then together (0: skip)")
     b.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
     b.set_defaults(func=_cmd_bench)
 

@@ -133,18 +133,24 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     ids = torch.randint(0, cfg.vocab_size, (b, context), generator=gen).to(dev)
+    from agreemate_lib.backends.kv_cache import growing_cache
+
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)
-        past = out.past_key_values
         nxt = out.logits[:, -1:].argmax(-1)
         mask = torch.ones(b, context + 1, dtype=torch.long, device=dev)
 
-        def step():
-            # the cache grows by one token per call: cropped back, so every timed step sees `context` tokens
-            model(input_ids=nxt, past_key_values=past, attention_mask=mask, use_cache=True)
-            past.crop(-1)
+        def stepper(past):
+            def step():
+                # the cache grows by one token per call: cropped back, so every timed step sees `context` tokens
+                model(input_ids=nxt, past_key_values=past, attention_mask=mask, use_cache=True)
+                past.crop(-1)
+            return step
 
-        step_ms = _median_ms(step, steps)
+        step_ms = _median_ms(stepper(out.past_key_values), steps)  # transformers' cache: grows by concatenation
+        grown = growing_cache(model.config, reserve=8)
+        model(input_ids=ids, past_key_values=grown, use_cache=True)
+        in_place_ms = _median_ms(stepper(grown), steps)  # the engine's cache: grows in place
         x = {w.shape[1]: torch.randn(b, w.shape[1], generator=gen).to(dev, dtype) for w in weights}
         # attention over the cache after the key/value heads are repeated for every query head
         q = torch.randn(b, heads, 1, head_dim, generator=gen).to(dev, dtype)
@@ -158,8 +164,11 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
                 torch.matmul(torch.matmul(q, k), v)
 
         mm_ms = _median_ms(matmuls, steps)
-    return {"batch": b, "step_ms": round(step_ms, 2), "matmul_ms": round(mm_ms, 2),
-            "overhead_share": round(max(0.0, 1 - mm_ms / step_ms), 3), "tokens_per_s": round(1000 * b / step_ms, 1)}
+    return {"batch": b, "step_ms": round(step_ms, 2), "step_ms_cache_in_place": round(in_place_ms, 2),
+            "matmul_ms": round(mm_ms, 2), "overhead_share": round(max(0.0, 1 - mm_ms / step_ms), 3),
+            "overhead_share_cache_in_place": round(max(0.0, 1 - mm_ms / in_place_ms), 3),
+            "tokens_per_s": round(1000 * b / step_ms, 1),
+            "tokens_per_s_cache_in_place": round(1000 * b / in_place_ms, 1)}
 
 
 def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int = 300, steps: int = 8) -> list[dict]:
@@ -167,7 +176,8 @@ def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int 
     size, beside the bare matrix work of the same step: every linear layer's weight multiplied by a [batch, in]
     activation, and the attention products over the cache, timed as plain torch matmuls without the modules around
     them. ``overhead_share`` = 1 - matmul / step: the part of a step that is not matrix work (Python, cache
-    handling, masks)."""
+    handling, masks). Each step is timed twice: with transformers' cache (``step_ms``: it appends by concatenation,
+    copying the whole cache every step) and with the engine's, which grows in place (``step_ms_cache_in_place``)."""
     gen = torch.Generator().manual_seed(0)
     return [_profile_batch(backend.model, b, context, steps, gen) for b in batches]
 
@@ -181,6 +191,104 @@ def compare(a: list, b: list) -> dict:
             first = {"negotiation": i, "turn": k}
             break
     return {"identical": same, "of": len(a), "first_difference": first}
+
+
+PERSONALITIES = ("", "aggressive", "fair", "passive")
+
+
+def across_pairs(scenarios, cfg: RunConfig, n_pairs: int, dtype: str) -> dict:
+    """``n_pairs`` model pairs (personalities differ, so every pair's prompts differ) on the same scenarios, greedy:
+    one pair after another, then all at once in one process (their calls merged into one batch per step)."""
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
+    from agreemate_lib.negotiation.runner import run_pairs
+
+    backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=True, batch_size=256)
+
+    def jobs():
+        return [(scenarios, Agent(AgentSpec(id=f"b{i}", temperature=0.0, personality=PERSONALITIES[i % 4]), backend),
+                 Agent(AgentSpec(id=f"s{i}", temperature=0.0, personality=PERSONALITIES[(i + 1) % 4]), backend))
+                for i in range(n_pairs)]
+
+    t = time.perf_counter()
+    alone = [run_negotiations(sc, b, s, cfg) for sc, b, s in jobs()]
+    wall_alone = time.perf_counter() - t
+    before = backend.shared.batcher.stats.as_dict()
+    t = time.perf_counter()
+    together = run_pairs(jobs(), cfg)
+    wall_together = time.perf_counter() - t
+    after = backend.shared.batcher.stats.as_dict()
+
+    def summary(runs, wall):
+        negs = [n for r in runs for n in r]
+        turns = [x for n in negs for x in n.turns]
+        return {"wall_s": round(wall, 2), "negotiations": len(negs),
+                "negotiations_per_min": round(60 * len(negs) / wall, 2), "turns": len(turns),
+                "generated_tokens_per_s": round(sum(x.tokens_out for x in turns) / wall, 1),
+                "error_negotiations": sum(n.outcome == "error" for n in negs)}
+
+    a, b = summary(alone, wall_alone), summary(together, wall_together)
+    return {"pairs": n_pairs, "one_after_another": a, "together": b,
+            "speedup": round(b["negotiations_per_min"] / a["negotiations_per_min"], 2),
+            "batches_together": after["batches"] - before["batches"],
+            "rows_per_batch_together": round((after["rows"] - before["rows"])
+                                             / max(1, after["batches"] - before["batches"]), 2)}
+
+
+def find_llama_server() -> str | None:
+    """llama.cpp's own server built for this machine by scripts/build_llama_server.sh (or $AGREEMATE_LLAMA_SERVER)."""
+    from pathlib import Path
+
+    env = os.environ.get("AGREEMATE_LLAMA_SERVER")
+    if env:
+        return env if Path(env).is_file() else None
+    root = Path(os.environ.get("AGREEMATE_LLAMA_SERVER_CACHE", Path.home() / ".cache/agreemate/llama-server"))
+    import hashlib
+
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    tag = hashlib.sha256((flags + "\n").encode()).hexdigest()[:12]  # the build script's key: built for this CPU
+    found = sorted(root.glob(f"*-{tag}/llama-server"))
+    return str(found[-1]) if found else None
+
+
+def llama_server_path(scenarios, spec: AgentSpec, cfg: RunConfig, binary: str) -> PathResult:
+    """(d) llama.cpp's own server on the same GGUF, built natively for this CPU: one slot per dialogue (parallel
+    slots, continuous batching), prompt caching, JSON-schema constrained replies, driven through the OpenAI-compatible
+    backend with every live dialogue's request in flight at once."""
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    from agreemate_lib.backends.models import gguf_path
+    from agreemate_lib.backends.openai_http import OpenAIBackend
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    slots = len(scenarios)
+    cmd = [binary, "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
+           "-c", str(slots * 2048), "-t", str(os.cpu_count() or 1), "-fa", "off", "-no-kvu", "--cache-reuse", "64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError as exc:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"llama-server did not start ({' '.join(cmd)}): {exc}") from exc
+                time.sleep(0.5)
+        backend = OpenAIBackend("smollm2", base_url=f"http://127.0.0.1:{port}/v1", concurrency=slots,
+                                api_key="none", timeout_s=300, turn_budget_s=900)
+        return _run("llama-server", scenarios, spec.model_copy(update={"id": "llama-server"}), backend, cfg)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
 
 
 def llama_cpp_path(scenarios, spec: AgentSpec, cfg: RunConfig):
@@ -198,7 +306,7 @@ def llama_cpp_path(scenarios, spec: AgentSpec, cfg: RunConfig):
 
 
 def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = "auto", with_llama_cpp=True,
-              with_profile: bool = True) -> dict:
+              with_profile: bool = True, pairs: int = 4, with_llama_server: bool = True) -> dict:
     from agreemate_lib.backends.transformers_backend import TransformersBackend
 
     scen = sample_scenarios("test", n_scenarios, seed).scenarios
@@ -208,6 +316,9 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
     cfg = RunConfig(max_turns=turns, seed=seed)
     rss_before = current_rss_mib()
     engine = _run("engine", scen, spec, engine_backend, cfg)
+    concat_backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=True, batch_size=64,
+                                         grow_in_place=False)
+    concat = _run("engine, cache by concatenation", scen, spec, concat_backend, cfg)
     naive = _run("naive", scen, spec, naive_backend, RunConfig(max_turns=turns, seed=seed, mode="naive"))
     ceiling = decode_ceiling(TransformersBackend("smollm2", dtype=dtype, prefix_cache=False))
     from agreemate_lib.core.provenance import cpu
@@ -229,10 +340,34 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "rss_at_start_mib": round(rss_before, 1),
         "engine": engine.summary(), "naive": naive.summary(),
+        # the same engine with transformers' KV cache (appends by concatenation) instead of the in-place one
+        "engine_cache_by_concatenation": concat.summary(),
+        "cache_in_place_speedup": round(engine.negotiations_per_min / concat.negotiations_per_min, 2),
         "greedy_transcripts_engine_vs_naive": compare(engine.transcripts, naive.transcripts),
     }
+    if pairs > 1:
+        ap = across_pairs(scen, cfg, pairs, dtype)
+        out["across_pairs"] = ap
+        # the engine as a study runs it: every pair at once; the naive path runs one dialogue at a time whatever
+        # the number of pairs, so its rate per negotiation is the one measured above
+        out["speedup_across_pairs"] = round(ap["together"]["negotiations_per_min"] / naive.negotiations_per_min, 2)
     if with_profile:
         out["decode_step_profile"] = decode_step_profile(engine_backend)
+    if with_llama_server:
+        binary = find_llama_server()
+        if binary is None:
+            out["llama_server"] = "not built for this CPU: run bash scripts/build_llama_server.sh"
+        else:
+            ls = llama_server_path(scen, spec, cfg, binary)
+            out["llama_server"] = ls.summary() | {"binary": binary}
+            out["engine_vs_llama_server"] = {
+                "negotiations_per_min": round(engine.negotiations_per_min / ls.negotiations_per_min, 2),
+                "generated_tokens_per_s": round((engine.generated_tokens / engine.wall_s)
+                                                / max(1e-9, ls.generated_tokens / ls.wall_s), 2)}
+            if "across_pairs" in out:
+                ap = out["across_pairs"]["together"]
+                out["engine_vs_llama_server"]["across_pairs_negotiations_per_min"] = round(
+                    ap["negotiations_per_min"] / ls.negotiations_per_min, 2)
     if with_llama_cpp:
         lc = llama_cpp_path(scen, spec, cfg)
         if lc is not None:
@@ -244,18 +379,29 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
 def print_report(r: dict) -> None:
     print(f"machine: {r['machine']}")
     print(f"{r['scenarios']} scenarios x up to {r['turns']} turns, SmolLM2 buyer and seller, greedy")
-    for name in ("naive", "engine", "llama_cpp"):
-        if name in r:
+    for name in ("naive", "engine", "llama_server", "llama_cpp"):
+        if isinstance(r.get(name), dict):
             s = r[name]
             print(f"  {name:9s} {s['negotiations_per_min']:8.2f} negotiations/min  {s['generated_tokens_per_s']:7.1f} "
                   f"gen tok/s  {s['prompt_tokens_per_s']:8.1f} prompt tok/s  ({s['wall_s']} s, {s['generate_calls']} "
                   f"generate calls, {s['reused_prompt_tokens']} prompt tokens reused)")
-    failed = {name: r[name]["error_negotiations"] for name in ("naive", "engine", "llama_cpp")
-              if name in r and r[name]["error_negotiations"]}
+    failed = {name: r[name]["error_negotiations"] for name in ("naive", "engine", "llama_server", "llama_cpp")
+              if isinstance(r.get(name), dict) and r[name]["error_negotiations"]}
     if failed:
         print(f"WARNING: negotiations that ended in an error (not results; the figures above include their time): "
               f"{failed}")
-    print(f"speedup engine/naive: {r['speedup']}x")
+    print(f"speedup engine/naive: {r['speedup']}x (KV cache in place vs by concatenation: "
+          f"{r['cache_in_place_speedup']}x)")
+    if "across_pairs" in r:
+        ap = r["across_pairs"]
+        print(f"{ap['pairs']} pairs on these scenarios: one after another "
+              f"{ap['one_after_another']['negotiations_per_min']} negotiations/min, together (one batch per step, "
+              f"{ap['rows_per_batch_together']} rows a batch) {ap['together']['negotiations_per_min']}: "
+              f"{ap['speedup']}x; together vs naive: {r['speedup_across_pairs']}x")
+    if isinstance(r.get("llama_server"), str):
+        print(f"llama-server: {r['llama_server']}")
+    if "engine_vs_llama_server" in r:
+        print(f"engine/llama-server: {r['engine_vs_llama_server']}")
     if "engine_vs_llama_cpp" in r:
         print(f"engine/llama.cpp: {r['engine_vs_llama_cpp']}x")
     print(f"decode ceiling (batch 32 x 64 tokens): {r['decode_ceiling_tokens_per_s']} tok/s; engine decode while "
@@ -265,10 +411,12 @@ def print_report(r: dict) -> None:
           f"structured-output processor {e['structured_processor_s']} s, other generate overhead "
           f"{e['generate_overhead_s']} s, outside generate {e['outside_generate_s']} s")
     if r.get("decode_step_profile"):
-        print("decode step vs batch (KV cache of 300 tokens): batch, ms/step, bare matmul ms, overhead share, tok/s")
+        print("decode step vs batch (KV cache of 300 tokens): batch, ms/step (cache by concatenation, in place), "
+              "bare matmul ms, overhead share (concatenation, in place), tok/s in place")
         for row in r["decode_step_profile"]:
-            print(f"  {row['batch']:3d} {row['step_ms']:8.2f} {row['matmul_ms']:8.2f} {row['overhead_share']:6.3f} "
-                  f"{row['tokens_per_s']:8.1f}")
+            print(f"  {row['batch']:3d} {row['step_ms']:8.2f} {row['step_ms_cache_in_place']:8.2f} "
+                  f"{row['matmul_ms']:8.2f} {row['overhead_share']:6.3f} {row['overhead_share_cache_in_place']:6.3f} "
+                  f"{row['tokens_per_s_cache_in_place']:8.1f}")
     print(f"peak RSS: {r['peak_rss_mib']} MiB")
     c = r["greedy_transcripts_engine_vs_naive"]
     why = ""

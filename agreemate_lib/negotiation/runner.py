@@ -207,6 +207,7 @@ def run_negotiations(
     checkpoint: str | Path | None = None,
     on_finished: Callable[[Negotiation], None] | None = None,
     log: Callable[[str], None] | None = None,
+    stats: dict | None = None,
 ) -> list[Negotiation]:
     """Run every scenario (times ``cfg.replicates``) between ``buyer`` and ``seller``.
 
@@ -214,6 +215,7 @@ def run_negotiations(
     dropped); naive mode runs one dialogue at a time with one call per turn, as the paper did. With ``checkpoint``,
     each finished negotiation is appended to that JSON-lines file (after a header of the agents' config hashes, the
     run settings and the scenarios' content) and a rerun with the same header skips the ones already there.
+    ``stats``, when given, receives ``resumed`` (negotiations taken from the checkpoint) and ``run`` (negotiated).
     """
     agents = {"buyer": buyer, "seller": seller}
     ckpt = Path(checkpoint) if checkpoint else None
@@ -235,6 +237,8 @@ def run_negotiations(
             all_negs.append(neg)
             todo.append(_Live(neg, sc))
 
+    if stats is not None:
+        stats.update(resumed=len(all_negs) - len(todo), run=len(todo))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -275,23 +279,24 @@ def run_negotiations(
     return all_negs
 
 
-def run_pairs(jobs: Sequence[tuple[Sequence[Scenario], Agent, Agent]], cfg: RunConfig = RunConfig(),
-              **kwargs: Any) -> list[list[Negotiation]]:
+def run_pairs(jobs: Sequence[tuple], cfg: RunConfig = RunConfig(), **kwargs: Any) -> list[list[Negotiation]]:
     """Several pairs at once, one thread each: agents on the same base model (adapters included) advance in one
-    batch per step across all pairs (see :mod:`agreemate_lib.backends.batching`). Returns each pair's
-    negotiations, in order; an exception in one pair is raised after every pair has finished."""
+    batch per step across all pairs (see :mod:`agreemate_lib.backends.batching`). ``jobs``: (scenarios, buyer,
+    seller) or (scenarios, buyer, seller, {keyword arguments of run_negotiations for this pair}), e.g. its own
+    checkpoint. Returns each pair's negotiations, in order; an exception in one pair is raised after every pair
+    has finished."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     ready = threading.Barrier(len(jobs)) if jobs else None
 
-    def one(sc, b, s):
+    def one(sc, b, s, own=None):
         with ExitStack() as joined:  # every pair is a member before any asks: the first call waits for the others
             for x in {id(x): x for x in (b.backend.batcher(), s.backend.batcher()) if x}.values():
                 joined.enter_context(x.member())
             ready.wait()
-            return run_negotiations(sc, b, s, cfg, **kwargs)
+            return run_negotiations(sc, b, s, cfg, **(kwargs | (own or {})))
 
     with ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="pair") as pool:
-        futures = [pool.submit(one, sc, b, s) for sc, b, s in jobs]
+        futures = [pool.submit(one, *job) for job in jobs]
         return [f.result() for f in futures]

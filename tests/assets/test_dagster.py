@@ -81,7 +81,8 @@ def test_study_materializes_pairs_and_metrics(env):
     from agreemate_assets.study import run_study
 
     instance, study, _ = env
-    results = run_study(instance, study, [("rb-a", "rb-b"), ("tiny", "rb-a")], log=lambda *_: None)
+    results = run_study(instance, study, [("rb-a", "rb-b"), ("tiny", "rb-a")], log=lambda *_: None,
+                        pairs_at_once=0)
     assert all(results.values()), results
     # the partition files exist and hold turns from real negotiations
     t = pd.read_parquet(Path(study.results_dir) / "negotiation_transcripts" / "buyer=tiny" / "seller=rb-a.parquet")
@@ -98,12 +99,21 @@ def test_study_materializes_pairs_and_metrics(env):
     ev = instance.get_latest_materialization_event(AssetKey("negotiation_transcripts"))
     md = ev.asset_materialization.metadata
     assert {"negotiations", "agreement_rate", "parse_failure_rate", "tokens_out", "wall_s", "preview"} <= set(md)
+    # both pairs were negotiated at once ahead of their runs, which took them from their checkpoints
+    from dagster import AssetRecordsFilter
+
+    for key in ("rb-a|rb-b", "tiny|rb-a"):
+        rec = instance.fetch_materializations(AssetRecordsFilter(AssetKey("negotiation_transcripts"),
+                                                                 asset_partitions=[key]), limit=1).records[0]
+        assert rec.asset_materialization.metadata["negotiations_from_checkpoint"].value == 2, key
+    assert not list((Path(study.results_dir) / "checkpoints").glob("*.jsonl"))  # removed once stored
     # a rerun regenerates nothing: every reply comes from the response cache
     res = mat(instance, study, AssetSelection.assets("negotiation_transcripts"), "tiny|rb-a")
     assert res.success
     ev = instance.get_latest_materialization_event(AssetKey("negotiation_transcripts"))
     hits, misses = ev.asset_materialization.metadata["response_cache_hits_misses"].value["tiny"]
     assert misses == 0 and hits > 0
+    assert ev.asset_materialization.metadata["negotiations_from_checkpoint"].value == 0  # negotiated by its run
 
 
 def test_roster_changes_touch_only_their_partitions(env_sqlite):

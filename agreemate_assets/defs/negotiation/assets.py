@@ -96,6 +96,37 @@ def scenario_records(frame: pd.DataFrame) -> tuple[list[Scenario], dict]:
     return [Scenario(**{k: r[k] for k in fields}) for r in frame.to_dict("records")], run_settings
 
 
+def run_config(study: StudySettings, run_settings: dict) -> RunConfig:
+    """The runner's settings: the scenarios asset's run settings and the study's runner mode."""
+    return RunConfig(max_turns=run_settings["max_turns"], buyer_opens=run_settings["buyer_opens"],
+                     seed=run_settings["seed"], replicates=run_settings["replicates"], mode=study.runner_mode)
+
+
+def pair_agents(study: StudySettings, server: InferenceServer, buyer_spec: AgentSpec, seller_spec: AgentSpec,
+                log=None) -> tuple[Agent, Agent, object]:
+    """A pair's two agents on their backends (one backend when they share weights), each behind the study's
+    response cache when it is on; returns (buyer, seller, cache or None)."""
+    cache = None
+    if study.response_cache:
+        from agreemate_lib.backends.cache import CachedBackend, ResponseCache
+
+        cache = ResponseCache(study.work_path() / "response_cache.sqlite", log=log)
+
+    def cached(spec: AgentSpec, backend):
+        return CachedBackend(backend, cache, namespace=spec.config_hash()) if cache is not None else backend
+
+    buyer_backend = make_backend(buyer_spec, api_key=server.api_key or None)
+    seller_backend = buyer_backend if buyer_spec.shares_weights_with(seller_spec) else \
+        make_backend(seller_spec, api_key=server.api_key or None)
+    return Agent(buyer_spec, cached(buyer_spec, buyer_backend)), Agent(seller_spec, cached(seller_spec,
+                                                                                          seller_backend)), cache
+
+
+def checkpoint_path(study: StudySettings, buyer_id: str, seller_id: str):
+    """Where a pair's finished negotiations are appended while it runs (removed once its table is stored)."""
+    return study.work_path() / "checkpoints" / f"{buyer_id}+{seller_id}.jsonl"
+
+
 #: Every transcript partition stored so far, as one input of a downstream asset (pairs not negotiated are skipped).
 ALL_TRANSCRIPTS = AssetIn("negotiation_transcripts", metadata={"allow_missing_partitions": True})
 
@@ -145,30 +176,17 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
     buyer_id, seller_id = keys["buyer"], keys["seller"]
     buyer_spec, seller_spec = agent_spec(buyer_config), agent_spec(seller_config)
     scen, run_settings = scenario_records(scenarios)
-    cfg = RunConfig(max_turns=run_settings["max_turns"], buyer_opens=run_settings["buyer_opens"],
-                    seed=run_settings["seed"], replicates=run_settings["replicates"], mode=study.runner_mode)
-
-    cache = None
-    if study.response_cache:
-        from agreemate_lib.backends.cache import CachedBackend, ResponseCache
-
-        cache = ResponseCache(study.work_path() / "response_cache.sqlite", log=context.log.warning)
-
-    def cached(spec: AgentSpec, backend):
-        return CachedBackend(backend, cache, namespace=spec.config_hash()) if cache is not None else backend
+    cfg = run_config(study, run_settings)
 
     from agreemate_lib.negotiation.estimates import estimate_workload
 
     estimate = estimate_workload(scen, buyer_spec, seller_spec, cfg)
     context.log.info(f"estimate (upper bounds) for {buyer_id}|{seller_id}: {estimate}")
     t0 = time.perf_counter()
-    buyer_backend = make_backend(buyer_spec, api_key=inference_server.api_key or None)
-    seller_backend = buyer_backend if buyer_spec.shares_weights_with(seller_spec) else \
-        make_backend(seller_spec, api_key=inference_server.api_key or None)
-    buyer = Agent(buyer_spec, cached(buyer_spec, buyer_backend))
-    seller = Agent(seller_spec, cached(seller_spec, seller_backend))
-    ckpt = study.work_path() / "checkpoints" / f"{buyer_id}+{seller_id}.jsonl"
-    negs = run_negotiations(scen, buyer, seller, cfg, checkpoint=ckpt, log=context.log.warning)
+    buyer, seller, cache = pair_agents(study, inference_server, buyer_spec, seller_spec, log=context.log.warning)
+    ckpt = checkpoint_path(study, buyer_id, seller_id)
+    progress: dict = {}
+    negs = run_negotiations(scen, buyer, seller, cfg, checkpoint=ckpt, log=context.log.warning, stats=progress)
     wall = time.perf_counter() - t0
     df = negotiations_to_frame(negs)
     # provenance in every row: what these negotiations were produced from (metrics use it to leave stale pairs out)
@@ -196,6 +214,9 @@ def negotiation_transcripts(context: AssetExecutionContext, study: StudySettings
         "tokens_in": int(df["tokens_in"].sum()) if turns else 0,
         "tokens_out": int(df["tokens_out"].sum()) if turns else 0,
         "wall_s": round(wall, 2),
+        # finished negotiations taken from this pair's checkpoint (same agents, settings and scenarios): an
+        # interrupted run, or the main job's shared batch across pairs (agreemate_assets/study.py)
+        "negotiations_from_checkpoint": progress.get("resumed", 0),
         "response_cache_hits_misses": MetadataValue.json(cache_stats),
         "response_cache_events": MetadataValue.json(cache.events if cache is not None else []),
         "estimate_upper_bounds": MetadataValue.json(estimate),

@@ -12,3 +12,18 @@ def test_decode_step_profile_reports_step_and_matmul_cost(smollm2_backend):
     for r in rows:
         assert r["step_ms"] > 0 and r["matmul_ms"] > 0 and 0 <= r["overhead_share"] < 1
         assert r["tokens_per_s"] == pytest.approx(1000 * r["batch"] / r["step_ms"], rel=0.01)
+        assert r["step_ms_cache_in_place"] > 0 and 0 <= r["overhead_share_cache_in_place"] < 1
+
+
+@pytest.mark.slow
+def test_across_pairs_runs_pairs_alone_then_together(data_dir):
+    from agreemate_lib.core.scenarios import sample_scenarios
+    from agreemate_lib.negotiation.bench import across_pairs
+    from agreemate_lib.negotiation.runner import RunConfig
+
+    r = across_pairs(sample_scenarios("test", 2, seed=0).scenarios, RunConfig(max_turns=2), 2, "auto")
+    assert r["pairs"] == 2
+    assert r["one_after_another"]["negotiations"] == r["together"]["negotiations"] == 4
+    assert r["rows_per_batch_together"] > 2  # both pairs' rows went into one batch
+    assert r["speedup"] == pytest.approx(r["together"]["negotiations_per_min"]
+                                         / r["one_after_another"]["negotiations_per_min"], rel=0.02)
