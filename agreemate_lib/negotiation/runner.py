@@ -260,8 +260,7 @@ def run_negotiations(
     groups: Iterable[list[_Live]] = [todo] if cfg.mode == "batched" else [[lv] for lv in todo]
     with ExitStack() as joined:
         if cfg.mode == "batched":  # other pairs running beside this one in this process wait for its calls
-            for b in {id(x): x for x in (buyer.backend.batcher(), seller.backend.batcher()) if x}.values():
-                joined.enter_context(b.member())
+            join_batchers(joined, buyer, seller)
         for group in groups:
             live = list(group)
             for t in range(cfg.max_turns):
@@ -279,6 +278,12 @@ def run_negotiations(
     return all_negs
 
 
+def join_batchers(stack: ExitStack, *agents: Agent) -> None:
+    """Make the calling thread a member of the batchers of the agents' backends (each once) until ``stack`` closes."""
+    for b in {id(x): x for x in (a.backend.batcher() for a in agents) if x}.values():
+        stack.enter_context(b.member())
+
+
 def run_pairs(jobs: Sequence[tuple], cfg: RunConfig = RunConfig(), **kwargs: Any) -> list[list[Negotiation]]:
     """Several pairs at once, one thread each: agents on the same base model (adapters included) advance in one
     batch per step across all pairs (see :mod:`agreemate_lib.backends.batching`). ``jobs``: (scenarios, buyer,
@@ -292,8 +297,7 @@ def run_pairs(jobs: Sequence[tuple], cfg: RunConfig = RunConfig(), **kwargs: Any
 
     def one(sc, b, s, own=None):
         with ExitStack() as joined:  # every pair is a member before any asks: the first call waits for the others
-            for x in {id(x): x for x in (b.backend.batcher(), s.backend.batcher()) if x}.values():
-                joined.enter_context(x.member())
+            join_batchers(joined, b, s)
             ready.wait()
             return run_negotiations(sc, b, s, cfg, **(kwargs | (own or {})))
 
