@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from agreemate_lib.core import settings
@@ -295,6 +296,16 @@ class SharedBase:
             self.peft.eval()
             self.adapters[name] = path
             return name
+
+    @contextmanager
+    def base_only(self):
+        """Calls on :attr:`base` inside this block run the plain base weights (once an adapter is injected, a direct
+        call on the base would run the active adapter): for measurements of the base model itself."""
+        if self.peft is None:
+            yield
+        else:
+            with self.peft.disable_adapter():
+                yield
 
     def call_kwargs(self, names: list[str | None]) -> dict:
         """Keyword arguments selecting each row's adapter (``None``: the base) for a forward or ``generate``."""

@@ -108,8 +108,9 @@ def decode_ceiling(backend, batch: int = 32, new_tokens: int = 64) -> float:
                            top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
         return time.perf_counter() - t
 
-    timed(2)  # warm-up
-    t1, tn = timed(1), timed(new_tokens)
+    with backend.shared.base_only():
+        timed(2)  # warm-up
+        t1, tn = timed(1), timed(new_tokens)
     return batch * (new_tokens - 1) / (tn - t1)
 
 
@@ -131,7 +132,8 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
     cfg = model.config
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = [m.weight for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lora_" not in name]  # the base's own layers
     ids = torch.randint(0, cfg.vocab_size, (b, context), generator=gen).to(dev)
     from agreemate_lib.backends.kv_cache import growing_cache
 
@@ -179,7 +181,8 @@ def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int 
     handling, masks). Each step is timed twice: with transformers' cache (``step_ms``: it appends by concatenation,
     copying the whole cache every step) and with the engine's, which grows in place (``step_ms_cache_in_place``)."""
     gen = torch.Generator().manual_seed(0)
-    return [_profile_batch(backend.model, b, context, steps, gen) for b in batches]
+    with backend.shared.base_only():  # the base model, whatever adapters this process has loaded beside it
+        return [_profile_batch(backend.model, b, context, steps, gen) for b in batches]
 
 
 def compare(a: list, b: list) -> dict:

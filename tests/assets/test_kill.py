@@ -22,7 +22,7 @@ from agreemate_assets.lib.resources import StudySettings, build_resources
 from agreemate_assets.defs.negotiation.partitions import pair_key, register_agents
 
 phase, results, roster = sys.argv[1:4]
-study = StudySettings(results_dir=results, roster_path=roster, n_scenarios=4, max_turns=5, seed=3,
+study = StudySettings(results_dir=results, roster_path=roster, n_scenarios=3, max_turns=4, seed=3,
                       runner_mode="naive", response_cache=False)
 project = definitions_for(build_resources(study))
 with DagsterInstance.get() as instance:
@@ -43,7 +43,7 @@ with DagsterInstance.get() as instance:
 def test_sigkill_of_a_partition_run_then_rerun_equals_an_uninterrupted_run(tmp_path, data_dir):
     roster = tmp_path / "agents.yaml"
     roster.write_text(yaml.safe_dump({"agents": [{"id": "s32", "model": "smollm2", "dtype": "fp32",
-                                                  "temperature": 0.7, "max_utterance_tokens": 24}]}))
+                                                  "temperature": 0.7, "max_utterance_tokens": 16}]}))
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
 
@@ -67,14 +67,14 @@ def test_sigkill_of_a_partition_run_then_rerun_equals_an_uninterrupted_run(tmp_p
     ckpt = tmp_path / "results-cut" / "checkpoints" / "s32+s32.jsonl"
     saved = kill_after_first_checkpoint(cmd("pair", "cut"), env("cut"), ckpt)
     stored = list((tmp_path / "results-cut").rglob("negotiation_transcripts/**/*.parquet"))
-    assert 1 <= saved < 4 and not stored  # killed mid-partition: some negotiations checkpointed, no table
+    assert 1 <= saved < 3 and not stored  # killed mid-partition: some negotiations checkpointed, no table
     run("pair", "cut")
 
     a, b = (pd.read_parquet(next((tmp_path / f"results-{n}").rglob("negotiation_transcripts/**/*.parquet")))
             for n in ("whole", "cut"))
     cols = ["negotiation_id", "turn_index", "speaker", "action", "utterance", "price", "outcome", "accepted_price"]
     key = ["negotiation_id", "turn_index"]
-    assert len(a) > 4
+    assert len(a) > 3
     pd.testing.assert_frame_equal(a[cols].sort_values(key).reset_index(drop=True),
                                   b[cols].sort_values(key).reset_index(drop=True))
     assert not ckpt.exists()  # the checkpoint goes once the partition's table is stored

@@ -104,11 +104,13 @@ def test_pairs_run_together_match_pairs_run_alone_in_fp32_with_adapters_mixed(da
     pairs = [(agent("b", base), agent("b", base)),
              (agent("fb", fb, "adapters/smollm2/buyer"), agent("fs", fs, "adapters/smollm2/seller")),
              (agent("fb", fb, "adapters/smollm2/buyer"), agent("b", base))]
-    cfg = RunConfig(max_turns=3, seed=3)
+    cfg = RunConfig(max_turns=2, seed=3)
+    batcher = base.shared.batcher
+    batcher.stats = type(batcher.stats)()  # count from here (other tests of this process use the same base)
     alone = [run_negotiations(scen, b, s, cfg) for b, s in pairs]
-    before = base.shared.batcher.stats.max_calls
+    before = batcher.stats.max_calls
     together = run_pairs([(scen, b, s) for b, s in pairs], cfg)
-    assert before == 1 and base.shared.batcher.stats.max_calls == 3  # all three pairs shared a batch
+    assert before == 1 and batcher.stats.max_calls == 3  # alone: one call a batch; together: all three pairs
 
     def text(runs):
         return [[[(t.speaker, t.action, t.price, t.utterance, t.reasoning) for t in n.turns] for n in r] for r in runs]

@@ -72,11 +72,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
     lands between two checkpointed negotiations; batch independence is the test above."""
     roster = tmp_path / "agents.yaml"
     roster.write_text(yaml.safe_dump({"agents": [{"id": "s32", "model": "smollm2", "dtype": "fp32",
-                                                  "temperature": 0.7, "max_utterance_tokens": 24}]}))
+                                                  "temperature": 0.7, "max_utterance_tokens": 16}]}))
 
     def cmd(out):
         return [sys.executable, "-m", "agreemate_lib.cli.main", "negotiate", "--buyer", "s32", "--seller", "s32",
-                "--roster", str(roster), "--scenarios", "4", "--max-turns", "5", "--seed", "3", "--quiet",
+                "--roster", str(roster), "--scenarios", "3", "--max-turns", "4", "--seed", "3", "--quiet",
                 "--mode", "naive", "--out", str(out)]
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -85,7 +85,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
 
     cut = tmp_path / "cut"
     saved = kill_after_first_checkpoint(cmd(cut), env, cut / "checkpoint.jsonl")
-    assert 1 <= saved < 4 and not (cut / "transcripts.parquet").exists()
+    assert 1 <= saved < 3 and not (cut / "transcripts.parquet").exists()
     subprocess.run(cmd(cut), check=True, env=env, capture_output=True, timeout=900)
 
     a, b = (pd.read_parquet(d / "transcripts.parquet") for d in (whole, cut))

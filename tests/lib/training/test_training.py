@@ -156,7 +156,7 @@ def test_split_by_listing_is_seeded():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("role,quantization", [("buyer", "nf4"), ("seller", "none"), ("generalist", "none")])
+@pytest.mark.parametrize("role,quantization", [("buyer", "nf4"), ("seller", "none")])  # generalist: same path
 def test_train_save_reload_generate(splits, tmp_path, role, quantization):
     df = splits[role]
     df = df[df.source == "craigslist"]
