@@ -114,13 +114,15 @@ def negotiate_ahead(project, instance: DagsterInstance, study: StudySettings, pa
 
     t = time.perf_counter()
     logging.disable(logging.INFO)  # the loader logs every file it reads; nothing else runs meanwhile
-    with project.get_asset_value_loader(instance) as loader:
-        frame = loader.load_asset_value("scenarios")
-        buyers = {b: agent_spec(loader.load_asset_value("buyer_agent_config", partition_key=b))
-                  for b in sorted({b for b, _ in pairs})}
-        sellers = {s: agent_spec(loader.load_asset_value("seller_agent_config", partition_key=s))
-                   for s in sorted({s for _, s in pairs})}
-    logging.disable(logging.NOTSET)
+    try:
+        with project.get_asset_value_loader(instance) as loader:
+            frame = loader.load_asset_value("scenarios")
+            buyers = {b: agent_spec(loader.load_asset_value("buyer_agent_config", partition_key=b))
+                      for b in sorted({b for b, _ in pairs})}
+            sellers = {s: agent_spec(loader.load_asset_value("seller_agent_config", partition_key=s))
+                       for s in sorted({s for _, s in pairs})}
+    finally:  # a failed load must not leave the process's logging switched off
+        logging.disable(logging.NOTSET)
     scen, run_settings = scenario_records(frame)
     cfg = run_config(study, run_settings)
     server = InferenceServer(api_key=os.environ.get("OPENAI_API_KEY", ""))

@@ -101,7 +101,7 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
     out_tok = sum(x.tokens_out for x in all_turns)
     backend = jobs[0][1].backend
     fs = {k: backend.forward_stats[k] - fs0.get(k, 0) for k in ("prefill_s", "decode_s", "decode_steps")}
-    batches = backend.shared.batcher.stats.as_dict()
+    batches = backend.shared.batcher.stats.as_dict(since=batches0)
     return {"config": label, "kv_cache": "grows in place" if grow else "concatenation", "pairs": pairs,
             "pairs_run": "together" if together else "one after another", "dialogues": len(negs),
             "max_turns": turns, "wall_s": round(wall, 2),
@@ -111,7 +111,7 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
             "first_error": next((x.error for x in all_turns if x.error), None), "prefill_s": round(fs["prefill_s"], 2),
             "decode_s": round(fs["decode_s"], 2), "decode_steps": fs["decode_steps"],
             "ms_per_decode_step": round(1000 * fs["decode_s"] / max(1, fs["decode_steps"]), 2),
-            "batches": batches["batches"] - batches0["batches"],
+            "batches": batches["batches"],
             "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
 
 

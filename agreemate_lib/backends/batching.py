@@ -43,10 +43,15 @@ class BatchStats:
     max_calls: int = 0
     waited_s: float = 0.0
 
-    def as_dict(self) -> dict:
-        return {"batches": self.batches, "calls": self.calls, "rows": self.rows, "max_rows": self.max_rows,
-                "max_calls_merged": self.max_calls, "mean_rows": round(self.rows / max(1, self.batches), 2),
-                "waited_s": round(self.waited_s, 3)}
+    def as_dict(self, since: dict | None = None) -> dict:
+        """The counts as a dict; with ``since`` (an earlier ``as_dict()``), the counts since then (the maxima are
+        this batcher's whole life)."""
+        out = {"batches": self.batches, "calls": self.calls, "rows": self.rows, "max_rows": self.max_rows,
+               "max_calls_merged": self.max_calls, "waited_s": round(self.waited_s, 3)}
+        for k in ("batches", "calls", "rows", "waited_s"):
+            out[k] = round(out[k] - (since or {}).get(k, 0), 3)
+        out["mean_rows"] = round(out["rows"] / max(1, out["batches"]), 2)
+        return out
 
 
 class Batcher:
@@ -167,13 +172,4 @@ def register(name: str, batcher: Batcher) -> Batcher:
 
 def batch_stats(since: dict | None = None) -> dict[str, dict]:
     """Each named batcher's statistics; with ``since`` (an earlier result), the counts since then."""
-    out = {}
-    for name, b in _REGISTRY.items():
-        now = b.stats.as_dict()
-        old = (since or {}).get(name)
-        if old:
-            for k in ("batches", "calls", "rows", "waited_s"):
-                now[k] = round(now[k] - old[k], 3)
-            now["mean_rows"] = round(now["rows"] / max(1, now["batches"]), 2)
-        out[name] = now
-    return out
+    return {name: b.stats.as_dict((since or {}).get(name)) for name, b in _REGISTRY.items()}

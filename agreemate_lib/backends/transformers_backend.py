@@ -48,11 +48,8 @@ class RowSampler:
     """A logits processor that samples each row with its own generator and its own temperature and nucleus top-p,
     and leaves only the sampled token: greedy search then takes it. Runs after the structured-decoding mask."""
 
-    def __init__(self, seeds: list[int], temperature: float | list[float], top_p: float | list[float]):
-        n = len(seeds)
-        self.seeds = seeds
-        self.temperature = temperature if isinstance(temperature, list) else [temperature] * n
-        self.top_p = top_p if isinstance(top_p, list) else [top_p] * n
+    def __init__(self, seeds: list[int], temperature: list[float], top_p: list[float]):
+        self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
         self.generators: list | None = None
 
     def __call__(self, input_ids, scores):
@@ -202,15 +199,13 @@ class TransformersBackend(ChatBackend):
             TurnMachine,
             TurnMachineProcessor,
             assistant_prefix,
-            max_reply_tokens,
         )
 
         settings = rows[0].settings  # what one generate fixes for all rows is equal across them (the batcher key)
         t0 = time.perf_counter()  # generate_s covers encoding and the shared-head prefill too
         longest = settings.max_new_tokens
         if self.structured:
-            longest = max(longest, *(max_reply_tokens(r.req.reply_format.cot, r.req.reply_format.max_utterance_tokens,
-                                                      r.req.reply_format.max_reasoning_tokens) for r in rows))
+            longest = max(longest, *(_reply_bound(r.req) for r in rows))
         enc, past, reuse = self._encode(rows, reserve=longest)
         gen_kwargs: dict = {
             "max_new_tokens": settings.max_new_tokens,
@@ -242,7 +237,7 @@ class TransformersBackend(ChatBackend):
         with torch.inference_mode():
             out = self.shared.module.generate(**enc, **gen_kwargs)
         elapsed = time.perf_counter() - t0
-        for b in {id(r.backend): r.backend for r in rows}.values():
+        for b in _distinct_backends(rows):
             b.stats["generate_s"] += elapsed
             b.stats["generate_calls"] += 1
             if machines:
@@ -282,7 +277,7 @@ class TransformersBackend(ChatBackend):
         import torch
 
         ids = [self.tokenizer(r.prompt, add_special_tokens=False)["input_ids"] for r in rows]
-        for b in {id(r.backend): r.backend for r in rows}.values():
+        for b in _distinct_backends(rows):
             if b.prefix_cache is not None:
                 mine = [i for i, r in enumerate(rows) if r.backend is b]
                 b._share_common_head([rows[i].req for i in mine], [ids[i] for i in mine])
@@ -396,6 +391,11 @@ class _Row:
     req: ChatRequest
     prompt: str
     settings: GenerationSettings
+
+
+def _distinct_backends(rows: list[_Row]) -> list[TransformersBackend]:
+    """The backends whose rows share a batch, each once."""
+    return list({id(r.backend): r.backend for r in rows}.values())
 
 
 def _reply_bound(req: ChatRequest) -> int:

@@ -219,7 +219,7 @@ def across_pairs(scenarios, cfg: RunConfig, n_pairs: int, dtype: str) -> dict:
     t = time.perf_counter()
     together = run_pairs(jobs(), cfg)
     wall_together = time.perf_counter() - t
-    after = backend.shared.batcher.stats.as_dict()
+    merged = backend.shared.batcher.stats.as_dict(since=before)
 
     def summary(runs, wall):
         negs = [n for r in runs for n in r]
@@ -232,9 +232,7 @@ def across_pairs(scenarios, cfg: RunConfig, n_pairs: int, dtype: str) -> dict:
     a, b = summary(alone, wall_alone), summary(together, wall_together)
     return {"pairs": n_pairs, "one_after_another": a, "together": b,
             "speedup": round(b["negotiations_per_min"] / a["negotiations_per_min"], 2),
-            "batches_together": after["batches"] - before["batches"],
-            "rows_per_batch_together": round((after["rows"] - before["rows"])
-                                             / max(1, after["batches"] - before["batches"]), 2)}
+            "batches_together": merged["batches"], "rows_per_batch_together": merged["mean_rows"]}
 
 
 def find_llama_server() -> str | None:
