@@ -161,19 +161,19 @@ def encode_dialogues(tok, frame: pd.DataFrame, max_length: int) -> tuple[list[di
     return out, skipped
 
 
-def _batch(examples: list[dict], pad_id: int, device: str):
+def example_loss(model, example: dict, device: str):
+    """Summed cross-entropy of one example's target tokens, and their count. Logits are computed only at the
+    positions that predict a target (``logits_to_keep``): the vocabulary projection of every other position (about
+    three quarters of a dialogue's tokens: system prompt, the other side's turns) is skipped; the value is the same."""
     import torch
 
-    n = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), n), dtype=torch.long)
-    for i, e in enumerate(examples):
-        L = len(e["input_ids"])
-        ids[i, :L] = torch.tensor(e["input_ids"])
-        labels[i, :L] = torch.tensor(e["labels"])
-        mask[i, :L] = 1
-    return ids.to(device), labels.to(device), mask.to(device)
+    ids = torch.tensor([example["input_ids"]], device=device)
+    labels = torch.tensor(example["labels"], device=device)
+    pos = (labels[1:] != -100).nonzero().flatten()  # position p predicts token p + 1
+    if not len(pos):
+        return torch.zeros((), device=device), 0
+    logits = model(input_ids=ids, logits_to_keep=pos).logits.float().reshape(len(pos), -1)
+    return torch.nn.functional.cross_entropy(logits, labels[pos + 1], reduction="sum"), len(pos)
 
 
 def sequence_losses(model, examples: list[dict], pad_id: int, device: str, autocast) -> list[tuple[float, int]]:
@@ -184,12 +184,9 @@ def sequence_losses(model, examples: list[dict], pad_id: int, device: str, autoc
     model.eval()
     with torch.no_grad():
         for e in examples:
-            ids, labels, mask = _batch([e], pad_id, device)
             with autocast():
-                logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                   labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
-            out.append((lp.item(), int((labels[:, 1:] != -100).sum())))
+                lp, n = example_loss(model, e, device)
+            out.append((lp.item(), n))
     model.train()
     return out
 
@@ -313,14 +310,14 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         for _ in range(cfg.grad_accum):
             chunk = [train_ex[(cursor + j) % len(train_ex)] for j in range(cfg.micro_batch)]
             cursor += cfg.micro_batch
-            ids, labels, mask = _batch(chunk, pad, device)
             with autocast():
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                parts = [example_loss(model, e, device) for e in chunk]
+                loss = sum(p for p, _ in parts) / max(1, sum(n for _, n in parts))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at step {step}: {loss.item()}")
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
-            step_tokens += int(mask.sum())
+            step_tokens += sum(len(e["input_ids"]) for e in chunk)
         grad_norm = float(torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]],
                                                          cfg.max_grad_norm))
         opt.step()

@@ -33,22 +33,27 @@ ROLES = ("buyer", "seller", "generalist")
 
 
 def numeric_thought(role: str, own_target: float, other_last: float | None, own_last: float | None,
-                    price: float | None, action: str) -> str:
-    """A short thought from the numbers: where this turn's price sits between own target and the other's offer."""
+                    price: float | None, action: str, floor: float | None = None) -> str:
+    """A short thought from the numbers. It states the standing prices first (theirs, the own target, the seller's
+    floor) and only then the decision, so an agent that writes its reasoning before its action has the numbers in
+    front of it when it decides (accept, counter, walk away): where this turn's price sits between the own target and
+    the other's offer, or why it takes or leaves their price."""
+    limit = f" (never below {format_money(floor)})" if floor is not None else ""
+    if other_last is not None:
+        head = f"They are at {format_money(other_last)}; my target is {format_money(own_target)}{limit}."
+    else:
+        head = f"No price from them yet; my target is {format_money(own_target)}{limit}."
     if price is not None and other_last is not None and other_last != own_target:
         share = (price - own_target) / (other_last - own_target)
-        return (f"They are at {format_money(other_last)}, my target is {format_money(own_target)}; "
-                f"{format_money(price)} goes {share:.0%} of the way toward them.")
+        return f"{head} I answer {format_money(price)}, {share:.0%} of the way toward them."
     if price is not None:
         gap = (price - own_target) / own_target
-        side = "above" if gap >= 0 else "below"
-        return (f"No offer from them yet; {format_money(price)} is {abs(gap):.0%} {side} my target of "
-                f"{format_money(own_target)}.")
-    if action == "accept" and other_last is not None:
-        return f"Their {format_money(other_last)} is acceptable against my target of {format_money(own_target)}."
-    if other_last is not None:
-        return f"They are at {format_money(other_last)}; my target is {format_money(own_target)}. I talk before moving."
-    return f"My target is {format_money(own_target)}; I learn more before naming a price."
+        return f"{head} I say {format_money(price)}, {abs(gap):.0%} {'above' if gap >= 0 else 'below'} my target."
+    if action == "accept":
+        return f"{head} Close enough: I take their price."
+    if action in ("reject", "quit"):
+        return f"{head} Too far apart: I walk away."
+    return f"{head} I talk before I move."
 
 
 #: Words for the Craigslist events that carry none (an offer, accept, reject or quit made with the button).
@@ -109,9 +114,30 @@ def craigslist_dialogues(splits: tuple[str, ...] = ("validation", "test"), sourc
     return out
 
 
+def accepts_outside_limits(dialogue: dict) -> list[int]:
+    """Indices of the turns that accept a price outside the accepting side's own limits: a seller taking less than
+    its bottom line, a buyer paying more than the listing price (84 sellers' and 7 buyers' accepts in validation
+    and test). They stay in the dialogue as context but are never training targets: the adapters should not learn
+    them."""
+    sc = dialogue["scenario"]
+    limit = {"seller": sc.view_for("seller")["bottom_line"], "buyer": sc.listing_price}
+    last: dict[str, float | None] = {"buyer": None, "seller": None}
+    out = []
+    for k, t in enumerate(dialogue["turns"]):
+        other = "seller" if t["speaker"] == "buyer" else "buyer"
+        p = last[other]
+        if t["action"] == "accept" and p is not None and (
+                p < limit["seller"] if t["speaker"] == "seller" else p > limit["buyer"]):
+            out.append(k)
+        if t["price"] is not None:
+            last[t["speaker"]] = t["price"]
+    return out
+
+
 def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[list[dict], list[bool]]:
     """The whole dialogue as ``role`` sees it after its end (the chat prompt our agents get, extended by every
-    turn): the messages, and per message whether it is a training target (the role's own confident turns)."""
+    turn): the messages, and per message whether it is a training target (the role's own confident turns, except
+    an accept outside its own limits: :func:`accepts_outside_limits`)."""
     sc = dialogue["scenario"]
     view = sc.view_for(role)
     history: list[dict] = []
@@ -120,7 +146,7 @@ def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[l
         other = "seller" if t["speaker"] == "buyer" else "buyer"
         own_view = sc.view_for(t["speaker"])
         thought = numeric_thought(t["speaker"], own_view["target"], last[other], last[t["speaker"]], t["price"],
-                                  t["action"])
+                                  t["action"], own_view.get("bottom_line"))
         words = t["utterance"] or (EVENT_WORDS.get(t["action"]) if t["action"] in EVENT_WORDS else
                                    f"How about {format_money(t['price'])}?" if t["price"] is not None else "")
         history.append({"speaker": t["speaker"], "action": t["action"], "utterance": words, "price": t["price"],
@@ -132,9 +158,10 @@ def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[l
     # build_messages emits one message per turn after the system (and the opening invitation): align the flags
     head = 2 if opens else 1
     flags = [False] * len(msgs)
+    outside = set(accepts_outside_limits(dialogue))
     for k, t in enumerate(dialogue["turns"]):
         i = head + k
-        if i < len(msgs) and t["speaker"] == role and t["trainable"]:
+        if i < len(msgs) and t["speaker"] == role and t["trainable"] and k not in outside:
             flags[i] = True
     if msgs[-1]["role"] == "user" and len(msgs) > head + len(dialogue["turns"]):
         msgs, flags = msgs[:-1], flags[:-1]  # the closing turn note after a final own turn teaches nothing

@@ -10,6 +10,7 @@ from agreemate_lib.training.lora import (
     LoraTrainConfig,
     ema_update,
     encode_dialogue,
+    example_loss,
     lr_multiplier,
     perplexity_reduction,
     train_lora,
@@ -101,6 +102,33 @@ def test_whole_dialogue_loss_is_on_the_role_turns_only(splits, smollm2_fp32):
     wanted = [m["content"] + tok.eos_token for m, on in zip(msgs, mask) if on]
     assert pieces == wanted  # exactly the marked assistant turns and their end-of-turn token, nothing else
     assert not any(m["content"] in "".join(pieces) for m, on in zip(msgs, mask) if m["role"] == "user")
+    # the training loss takes logits only where a target is predicted: the same value as the full forward's loss
+    import torch
+
+    with smollm2_fp32.shared.base_only(), torch.no_grad():
+        full = smollm2_fp32.model(input_ids=torch.tensor([ex["input_ids"]]),
+                                  labels=torch.tensor([ex["labels"]])).loss.item()
+        total, n = example_loss(smollm2_fp32.model, ex, "cpu")
+    assert n == sum(x != -100 for x in ex["labels"][1:]) and total.item() / n == pytest.approx(full, rel=1e-5)
+
+
+def test_an_accept_outside_the_sides_own_limits_is_never_a_target(data_dir):
+    from agreemate_lib.training.splits import accepts_outside_limits, craigslist_dialogues, dialogue_sequence
+
+    dialogues = craigslist_dialogues(("validation",), str(data_dir / "craigslist_bargains"))
+    found = 0
+    for d in dialogues:
+        for k in accepts_outside_limits(d):
+            t, sc = d["turns"], d["scenario"]
+            role = t[k]["speaker"]
+            prior = [x["price"] for x in t[:k] if x["speaker"] != role and x["price"] is not None]
+            limit = sc.view_for("seller")["bottom_line"] if role == "seller" else sc.listing_price
+            assert t[k]["action"] == "accept" and (prior[-1] < limit if role == "seller" else prior[-1] > limit)
+            msgs, flags = dialogue_sequence(d, role)
+            i = (2 if t[0]["speaker"] == role else 1) + k
+            assert json.loads(msgs[i]["content"])["action"] == "accept" and not flags[i]
+            found += 1
+    assert found >= 20  # human sellers below their bottom line are not rare (84 of validation + test)
 
 
 def test_deal_or_no_deal_is_deduplicated_and_no_deal_is_never_accept(data_dir):
@@ -143,6 +171,10 @@ def test_numeric_thought_and_schedule():
     t = numeric_thought("buyer", 100.0, 200.0, None, 150.0, "offer")
     assert "50%" in t and "$200" in t
     assert "None" not in numeric_thought("seller", 200.0, None, None, None, "inquire")
+    # the numbers come before the decision, the same way for every act (a seller's floor included)
+    heads = {numeric_thought("seller", 200.0, 120.0, 210.0, p, a, floor=140.0).split(".")[0]
+             for p, a in ((180.0, "counter-price"), (None, "accept"), (None, "quit"), (None, "inform"))}
+    assert heads == {"They are at $120; my target is $200 (never below $140)"}
     cfg = LoraTrainConfig(warmup_steps=2, cycle_steps=4, min_lr_ratio=0.1)
     m = [lr_multiplier(s, cfg) for s in range(12)]
     assert m[0] < m[1] == 1.0 and m[2] == 1.0 and m[5] < m[2] and m[6] == 1.0  # restarts every 4 steps
