@@ -161,6 +161,17 @@ def encode_dialogues(tok, frame: pd.DataFrame, max_length: int) -> tuple[list[di
     return out, skipped
 
 
+def canonical_adapter_config(folder: str | Path) -> None:
+    """Rewrite ``adapter_config.json`` with its module lists sorted: peft writes ``target_modules`` from a set, whose
+    order changes between processes (string hashing), so the same training would otherwise give another digest."""
+    path = Path(folder) / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    for key in ("target_modules", "modules_to_save"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = sorted(cfg[key])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def example_loss(model, example: dict, device: str):
     """Summed cross-entropy of one example's target tokens, and their count. Logits are computed only at the
     positions that predict a target (``logits_to_keep``): the vocabulary projection of every other position (about
@@ -365,6 +376,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         if p.requires_grad:
             p.data = p.data.to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
+    canonical_adapter_config(out)
     curves_df = pd.DataFrame(curves)
     curves_df.to_parquet(out / "curves.parquet", index=False)
     metrics = {

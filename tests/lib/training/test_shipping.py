@@ -29,6 +29,10 @@ def test_every_enabled_adapter_is_shipped_with_its_manifest():
         with safe_open(str(f / "adapter_model.safetensors"), "pt") as st:
             assert {str(st.get_tensor(k).dtype) for k in st.keys()} == {"torch.bfloat16"}
         assert m["training_config"]["model"] == "smollm2" and len(m["data_version"]) == 16
+        # peft writes target_modules from a set (its order changes between processes): shipped sorted, so a rebuild's
+        # digest can equal the shipped one
+        cfg = json.loads((f / "adapter_config.json").read_text())
+        assert cfg["target_modules"] == sorted(cfg["target_modules"])
         # what it was shipped for: held-out perplexity of the role's turns at least 30% below the base model's
         assert m["metrics"]["perplexity_reduction"] >= 0.3 and m["metrics"]["perplexity_reduction_ci_low"] > 0
 
@@ -50,3 +54,18 @@ def test_a_changed_adapter_is_refused_by_digest(tmp_path):
     (bad / "manifest.json").unlink()
     assert verify_adapter(bad) is None
     assert json.loads((bad / "adapter_config.json").read_text())["r"] == 32
+
+
+def test_adapter_config_is_written_in_one_order(tmp_path):
+    from agreemate_lib.training.lora import canonical_adapter_config
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    orders = ((a, ["v_proj", "q_proj", "o_proj", "k_proj"]), (b, ["k_proj", "o_proj", "q_proj", "v_proj"]))
+    for folder, modules in orders:
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"target_modules": modules, "r": 32}))
+        (folder / "adapter_model.safetensors").write_bytes(b"same")
+    assert adapter_digest(a) != adapter_digest(b)
+    canonical_adapter_config(a)
+    canonical_adapter_config(b)
+    assert adapter_digest(a) == adapter_digest(b)
