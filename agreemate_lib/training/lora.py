@@ -187,7 +187,7 @@ def example_loss(model, example: dict, device: str):
     return torch.nn.functional.cross_entropy(logits, labels[pos + 1], reduction="sum"), len(pos)
 
 
-def sequence_losses(model, examples: list[dict], pad_id: int, device: str, autocast) -> list[tuple[float, int]]:
+def sequence_losses(model, examples: list[dict], device: str, autocast) -> list[tuple[float, int]]:
     """(summed loss, target tokens) per example, one forward pass each."""
     import torch
 
@@ -298,9 +298,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     if not train_ex or not val_ex:
         raise ValueError(f"no usable examples (train {len(train_ex)}, validation {len(val_ex)}; "
                          f"{skipped + vskipped} longer than max_length={cfg.max_length} or without a target)")
-    pad = tok.pad_token_id
     with model.disable_adapter():
-        base_losses = sequence_losses(model, val_ex, pad, device, autocast)
+        base_losses = sequence_losses(model, val_ex, device, autocast)
     base_val = mean_loss(base_losses)
     log(f"base model validation loss {base_val:.4f} on {len(val_ex)} dialogues; {len(train_ex)} training dialogues, "
         f"{sum(sum(x != -100 for x in e['labels']) for e in train_ex)} target tokens")
@@ -344,7 +343,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         last = step + 1 == cfg.max_steps
         over_time = cfg.max_minutes and (time.perf_counter() - t_start) / 60 > cfg.max_minutes
         if (step + 1) % cfg.eval_every == 0 or last or over_time:
-            v = mean_loss(sequence_losses(model, val_ex, pad, device, autocast))
+            v = mean_loss(sequence_losses(model, val_ex, device, autocast))
             row["validation_loss"] = v
             if v < best["loss"] - 1e-4:
                 best = {"loss": v, "step": step,
@@ -366,9 +365,9 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         set_peft_model_state_dict(model, best["state"])
     log(f"stopped: {stop_reason}; keeping step {best['step'] + 1}; final held-out evaluation on {len(val_all)} "
         "dialogues")
-    tuned_all = sequence_losses(model, val_all, pad, device, autocast)
+    tuned_all = sequence_losses(model, val_all, device, autocast)
     with model.disable_adapter():
-        base_all = sequence_losses(model, val_all, pad, device, autocast)
+        base_all = sequence_losses(model, val_all, device, autocast)
     ppl = perplexity_reduction(base_all, tuned_all, seed=cfg.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
