@@ -123,8 +123,16 @@ def turn_note(turns_left: int) -> str:
 
 
 def describe_other_turn(speaker: str, action: str, utterance: str, price: float | None) -> str:
-    """How the other side's turn reads: its words, or the event for accept/reject/quit with no words."""
+    """How the other side's turn reads: its words, then the price it put in its price field, if any.
+
+    The price is shown beside the words because the words may omit it or say another number: an agent that saw only
+    the words could not tell that an offer stood (a seller reasoned "no price from them yet" after a $37 offer and
+    accepted below its floor). Training rows and run-time prompts both come from here, so they read the same.
+    With no words: the event for accept/reject/quit, or the price alone.
+    """
     if utterance:
+        if price is not None and action not in ("accept", "reject", "quit"):
+            return f"{utterance} [The {speaker} proposes {format_money(price)}.]"
         return utterance
     if action == "accept":
         return f"[The {speaker} accepts.]"

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 
+from agreemate_lib.core.money import format_money
 from agreemate_lib.training.lora import (
     LoraTrainConfig,
     ema_update,
@@ -131,6 +132,34 @@ def test_an_accept_outside_the_sides_own_limits_is_never_a_target(data_dir):
     assert found >= 20  # human sellers below their bottom line are not rare (84 of validation + test)
 
 
+def test_a_reneging_price_is_never_a_target_and_the_other_sides_price_is_shown(data_dir):
+    from agreemate_lib.training.splits import craigslist_dialogues, dialogue_sequence, reneging_turns
+
+    dialogues = craigslist_dialogues(("validation",), str(data_dir / "craigslist_bargains"))
+    found = shown = 0
+    for d in dialogues:
+        t = d["turns"]
+        for k in reneging_turns(d):
+            role = t[k]["speaker"]
+            own = [x["price"] for x in t[:k] if x["speaker"] == role and x["price"] is not None]
+            assert own and (t[k]["price"] < own[-1] if role == "buyer" else t[k]["price"] > own[-1])
+            msgs, flags = dialogue_sequence(d, role)
+            i = (2 if t[0]["speaker"] == role else 1) + k
+            assert json.loads(msgs[i]["content"])["price"] == t[k]["price"] and not flags[i]
+            found += 1
+        # the other side's price field reads beside its words, also where the words name no number
+        for k, x in enumerate(t):
+            if x["price"] is not None and x["utterance"] and x["action"] not in ("accept", "reject", "quit"):
+                other = "seller" if x["speaker"] == "buyer" else "buyer"
+                msgs, _ = dialogue_sequence(d, other)
+                i = (2 if t[0]["speaker"] == other else 1) + k
+                if i < len(msgs):
+                    assert msgs[i]["content"].startswith(x["utterance"])
+                    assert f"[The {x['speaker']} proposes {format_money(x['price'])}.]" in msgs[i]["content"]
+                    shown += 1
+    assert found >= 20 and shown >= 500
+
+
 def test_deal_or_no_deal_is_deduplicated_and_no_deal_is_never_accept(data_dir):
     paths = [data_dir / "deal_or_no_deal" / "test.txt"]
     df = dond_frame(paths)
@@ -168,13 +197,16 @@ def test_perplexity_reduction_ci():
 
 
 def test_numeric_thought_and_schedule():
+    # a new price is placed between the number it moves from (the own last price, else the target) and theirs
     t = numeric_thought("buyer", 100.0, 200.0, None, 150.0, "offer")
-    assert "50%" in t and "$200" in t
+    assert t.endswith("I answer $150, between $100 and their $200.")
+    assert numeric_thought("buyer", 100.0, 200.0, 120.0, 150.0, "offer").endswith("between $120 and their $200.")
+    assert numeric_thought("buyer", 100.0, 200.0, 120.0, 120.0, "insist").endswith("I hold at $120.")
     assert "None" not in numeric_thought("seller", 200.0, None, None, None, "inquire")
     # the numbers come before the decision, the same way for every act (a seller's floor included)
     heads = {numeric_thought("seller", 200.0, 120.0, 210.0, p, a, floor=140.0).split(".")[0]
              for p, a in ((180.0, "counter-price"), (None, "accept"), (None, "quit"), (None, "inform"))}
-    assert heads == {"They are at $120; my target is $200 (never below $140)"}
+    assert heads == {"They are at $120; I was at $210; my target is $200 (never below $140)"}
     cfg = LoraTrainConfig(warmup_steps=2, cycle_steps=4, min_lr_ratio=0.1)
     m = [lr_multiplier(s, cfg) for s in range(12)]
     assert m[0] < m[1] == 1.0 and m[2] == 1.0 and m[5] < m[2] and m[6] == 1.0  # restarts every 4 steps
