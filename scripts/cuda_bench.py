@@ -65,7 +65,7 @@ PERSONALITIES = ("", "aggressive", "fair", "passive")
 
 
 def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool = True, pairs: int = 1,
-        together: bool = True) -> dict:
+        together: bool = True, cache_tokens: int = 10_000_000) -> dict:
     """``pairs`` model pairs (personalities differ, so prompts differ) over the same ``n`` scenarios: run together
     (one batch across pairs) or one pair after another. ``grow``: the KV cache grows in place, else by concat."""
     import torch
@@ -77,7 +77,7 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
     jobs = []
     for i in range(pairs):
         backend = TransformersBackend("random-llama-3.2-3b", loaded=(tokenizer, model), batch_size=n * pairs,
-                                      prefix_cache_tokens=10_000_000, grow_in_place=grow)
+                                      prefix_cache_tokens=cache_tokens, grow_in_place=grow)
         b = Agent(AgentSpec(id=f"b{i}", temperature=0.7, personality=PERSONALITIES[i % 4]), backend)
         s = Agent(AgentSpec(id=f"s{i}", temperature=0.7, personality=PERSONALITIES[(i + 1) % 4]), backend)
         jobs.append((scenarios[:n], b, s))
@@ -104,7 +104,7 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
     batches = backend.shared.batcher.stats.as_dict(since=batches0)
     return {"config": label, "kv_cache": "grows in place" if grow else "concatenation", "pairs": pairs,
             "pairs_run": "together" if together else "one after another", "dialogues": len(negs),
-            "max_turns": turns, "wall_s": round(wall, 2),
+            "max_turns": turns, "prefix_cache_tokens": cache_tokens, "wall_s": round(wall, 2),
             "negotiations_per_min": round(60 * len(negs) / wall, 1), "turns": len(all_turns),
             "generated_tokens": out_tok, "generated_tokens_per_s": round(out_tok / wall, 1),
             "parse_ok": sum(x.parse_ok for x in all_turns),
@@ -113,6 +113,52 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
             "ms_per_decode_step": round(1000 * fs["decode_s"] / max(1, fs["decode_steps"]), 2),
             "batches": batches["batches"],
             "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+
+
+def step_profile(tokenizer, model, batches) -> list[dict]:
+    """The engine's decode step against batch size beside its bare matrix work (``decode_step_profile``, timed to
+    the end of the GPU's work)."""
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
+    from agreemate_lib.negotiation.bench import decode_step_profile
+
+    backend = TransformersBackend("random-llama-3.2-3b", loaded=(tokenizer, model))
+    return decode_step_profile(backend, batches=tuple(batches), context=300, steps=10)
+
+
+def compiled_generate(tokenizer, model, batches, context: int = 300, new_tokens: int = 33) -> list[dict]:
+    """ms per decode step of plain ``generate`` with transformers' dynamic cache (eager) against a static cache of
+    fixed length, with which transformers compiles the forward on CUDA (CUDA graphs): what a compiled static-cache
+    step would save. ms per step = (time of ``new_tokens`` - time of 1) / (new_tokens - 1); the first call's
+    seconds include the compilation."""
+    import torch
+    from transformers import StaticCache
+
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for b in batches:
+        ids = torch.randint(0, model.config.vocab_size, (b, context), generator=gen).cuda()
+        row: dict = {"batch": b, "context": context}
+        for impl in ("dynamic", "static"):
+            def timed(n, impl=impl, ids=ids):
+                kw = {"past_key_values": StaticCache(config=model.config, max_cache_len=context + new_tokens)} \
+                    if impl == "static" else {}
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                   min_new_tokens=n, do_sample=False, temperature=None, top_p=None, top_k=None,
+                                   pad_token_id=tokenizer.pad_token_id, **kw)
+                torch.cuda.synchronize()
+                return time.perf_counter() - t
+            try:
+                row[f"{impl}_first_call_s"] = round(timed(new_tokens), 1)
+                t1, tn = timed(1), timed(new_tokens)
+                row[f"{impl}_ms_per_step"] = round(1000 * (tn - t1) / (new_tokens - 1), 2)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                row[f"{impl}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        print(json.dumps({"compiled_generate": row}), flush=True)
+        out.append(row)
+    return out
 
 
 def main() -> int:
@@ -132,6 +178,12 @@ def main() -> int:
     p.add_argument("--compare-cache", action="store_true", help="each size also with the concatenating KV cache")
     p.add_argument("--pairs", type=int, default=0, help="also: this many pairs over --dialogues[0] scenarios each, "
                    "one after another and then together in one batch")
+    p.add_argument("--prefix-cache-tokens", type=int, default=10_000_000, help="the engine's KV prefix cache bound "
+                   "(the backend's default is 64,000 tokens; 10 M keeps every conversation's cache)")
+    p.add_argument("--profile", type=int, nargs="*", default=None, help="batch sizes: decode step against batch "
+                   "size beside the bare matrix work, before the runs")
+    p.add_argument("--compiled", type=int, nargs="*", default=None, help="batch sizes: plain generate's step with "
+                   "the dynamic cache against a static cache (compiled by transformers)")
     args = p.parse_args()
     print(json.dumps({"gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                       "torch": torch.__version__,
@@ -145,10 +197,21 @@ def main() -> int:
             print(json.dumps({"config": f"bf16+{q}", "error": f"{type(exc).__name__}: {exc}"}), flush=True)
             continue
         label = "bf16" if q == "none" else f"{q} (bf16 compute)"
+        if args.profile:
+            for row in step_profile(tok, model, args.profile):
+                print(json.dumps({"decode_step_profile": row, "config": label}), flush=True)
+        if args.compiled:
+            compiled_generate(tok, model, args.compiled)
         run(tok, model, scen, min(8, len(scen)), 2, "warm-up")
         for n in args.dialogues:
             for grow in (False, True) if args.compare_cache else (True,):
-                print(json.dumps(run(tok, model, scen, n, args.turns, label, grow=grow)), flush=True)
+                try:
+                    print(json.dumps(run(tok, model, scen, n, args.turns, label, grow=grow,
+                                         cache_tokens=args.prefix_cache_tokens)), flush=True)
+                except Exception as exc:  # noqa: BLE001 - report (out of memory, say) and go on
+                    print(json.dumps({"config": label, "dialogues": n, "error": f"{type(exc).__name__}: {exc}"[:500]}),
+                          flush=True)
+                    torch.cuda.empty_cache()
         if args.pairs > 1:
             for together in (False, True):
                 print(json.dumps(run(tok, model, scen, args.dialogues[0], args.turns, label, pairs=args.pairs,

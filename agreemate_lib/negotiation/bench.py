@@ -114,14 +114,21 @@ def decode_ceiling(backend, batch: int = 32, new_tokens: int = 64) -> float:
     return batch * (new_tokens - 1) / (tn - t1)
 
 
-def _median_ms(fn, n: int) -> float:
+def _median_ms(fn, n: int, sync=None) -> float:
+    """Median wall milliseconds of ``fn``; ``sync`` (``torch.cuda.synchronize`` on a GPU) waits for queued work, so
+    a step is timed to its end and not to its launch."""
     import statistics
 
-    fn()  # warm-up
+    def once():
+        fn()
+        if sync is not None:
+            sync()
+
+    once()  # warm-up
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        fn()
+        once()
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
 
@@ -129,6 +136,7 @@ def _median_ms(fn, n: int) -> float:
 def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
     """One batch size of :func:`decode_step_profile`."""
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
     cfg = model.config
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -149,10 +157,10 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
                 past.crop(-1)
             return step
 
-        step_ms = _median_ms(stepper(out.past_key_values), steps)  # transformers' cache: grows by concatenation
+        step_ms = _median_ms(stepper(out.past_key_values), steps, sync)  # transformers' cache: grows by concatenation
         grown = growing_cache(model.config, reserve=8)
         model(input_ids=ids, past_key_values=grown, use_cache=True)
-        in_place_ms = _median_ms(stepper(grown), steps)  # the engine's cache: grows in place
+        in_place_ms = _median_ms(stepper(grown), steps, sync)  # the engine's cache: grows in place
         x = {w.shape[1]: torch.randn(b, w.shape[1], generator=gen).to(dev, dtype) for w in weights}
         # attention over the cache after the key/value heads are repeated for every query head
         q = torch.randn(b, heads, 1, head_dim, generator=gen).to(dev, dtype)
@@ -165,7 +173,7 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
             for _ in range(cfg.num_hidden_layers):
                 torch.matmul(torch.matmul(q, k), v)
 
-        mm_ms = _median_ms(matmuls, steps)
+        mm_ms = _median_ms(matmuls, steps, sync)
     return {"batch": b, "step_ms": round(step_ms, 2), "step_ms_cache_in_place": round(in_place_ms, 2),
             "matmul_ms": round(mm_ms, 2), "overhead_share": round(max(0.0, 1 - mm_ms / step_ms), 3),
             "overhead_share_cache_in_place": round(max(0.0, 1 - mm_ms / in_place_ms), 3),
