@@ -18,6 +18,7 @@ BACKENDS: dict[str, str] = {
     "transformers": "agreemate_lib.backends.transformers_backend:TransformersBackend",
     "openai": "agreemate_lib.backends.openai_http:OpenAIBackend",
     "llama-cpp": "agreemate_lib.backends.llama_cpp_backend:LlamaCppBackend",
+    "llama-server": "agreemate_lib.backends.llama_server:LlamaServerBackend",
     "rule-based": "agreemate_lib.backends.rule_based:RuleBasedBackend",
 }
 

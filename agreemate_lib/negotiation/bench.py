@@ -243,61 +243,17 @@ def across_pairs(scenarios, cfg: RunConfig, n_pairs: int, dtype: str) -> dict:
             "batches_together": merged["batches"], "rows_per_batch_together": merged["mean_rows"]}
 
 
-def find_llama_server() -> str | None:
-    """llama.cpp's own server built for this machine by scripts/build_llama_server.sh (or $AGREEMATE_LLAMA_SERVER)."""
-    from pathlib import Path
-
-    env = os.environ.get("AGREEMATE_LLAMA_SERVER")
-    if env:
-        return env if Path(env).is_file() else None
-    root = Path(os.environ.get("AGREEMATE_LLAMA_SERVER_CACHE", Path.home() / ".cache/agreemate/llama-server"))
-    import hashlib
-
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return None
-    tag = hashlib.sha256((flags + "\n").encode()).hexdigest()[:12]  # the build script's key: built for this CPU
-    found = sorted(root.glob(f"*-{tag}/llama-server"))
-    return str(found[-1]) if found else None
-
-
 def llama_server_path(scenarios, spec: AgentSpec, cfg: RunConfig, binary: str) -> PathResult:
     """(d) llama.cpp's own server on the same GGUF, built natively for this CPU: one slot per dialogue (parallel
     slots, continuous batching), prompt caching, JSON-schema constrained replies, driven through the OpenAI-compatible
-    backend with every live dialogue's request in flight at once."""
-    import signal
-    import socket
-    import subprocess
-    import urllib.request
+    backend with every live dialogue's request in flight at once (the ``llama-server`` roster backend)."""
+    from agreemate_lib.backends.llama_server import LlamaServerBackend
 
-    from agreemate_lib.backends.models import gguf_path
-    from agreemate_lib.backends.openai_http import OpenAIBackend
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    slots = len(scenarios)
-    cmd = [binary, "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
-           "-c", str(slots * 2048), "-t", str(os.cpu_count() or 1), "-fa", "off", "-no-kvu", "--cache-reuse", "64"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    backend = LlamaServerBackend("smollm2", binary=binary, slots=len(scenarios))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"llama-server did not start ({' '.join(cmd)}): {exc}") from exc
-                time.sleep(0.5)
-        backend = OpenAIBackend("smollm2", base_url=f"http://127.0.0.1:{port}/v1", concurrency=slots,
-                                api_key="none", timeout_s=300, turn_budget_s=900)
         return _run("llama-server", scenarios, spec.model_copy(update={"id": "llama-server"}), backend, cfg)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        backend.server.stop()
 
 
 def llama_cpp_path(scenarios, spec: AgentSpec, cfg: RunConfig):
@@ -363,7 +319,12 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
     if with_profile:
         out["decode_step_profile"] = decode_step_profile(engine_backend)
     if with_llama_server:
-        binary = find_llama_server()
+        from agreemate_lib.backends.llama_server import LlamaServerMissing, find_binary
+
+        try:
+            binary = find_binary()
+        except LlamaServerMissing:
+            binary = None
         if binary is None:
             out["llama_server"] = "not built for this CPU: run bash scripts/build_llama_server.sh"
         else:

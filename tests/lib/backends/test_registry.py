@@ -26,7 +26,8 @@ def test_backend_options_are_typed_per_backend():
     # a setting of another backend, an unknown backend, a bad value: clear errors that name the place
     with pytest.raises(ValueError, match="backend 'rule-based' has no setting 'base_url'.*its settings are beta"):
         AgentSpec(id="rb", backend="rule-based", base_url="http://x")
-    with pytest.raises(ValueError, match="unknown backend 'vllm2'.*transformers, openai, llama-cpp, rule-based"):
+    with pytest.raises(ValueError,
+                       match="unknown backend .vllm2.*transformers, openai, llama-cpp, llama-server, rule-based"):
         AgentSpec(id="x", backend="vllm2")
     with pytest.raises(ValueError, match="concurrency"):
         AgentSpec(id="srv", backend="openai", concurrency=0)
