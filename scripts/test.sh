@@ -34,10 +34,21 @@ PGENV=$(.venv/bin/python -m agreemate_assets.deploy postgres-up --root "$PGROOT"
   || { echo "[test] could not start Postgres (PostgreSQL 15 server binaries: apt-get install postgresql-15)" >&2; exit 1; }
 eval "$PGENV"
 echo "[test] Postgres for the instance tests: $AGREEMATE_TEST_PG_URL"
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # Lint first (configured in pyproject.toml): a lint error fails the run like a failing test.
 .venv/bin/ruff check . || { echo "[test] ruff found problems (fix them or run: .venv/bin/ruff check . --fix)" >&2; exit 1; }
-.venv/bin/python -m pytest -p no:cacheprovider --durations=12 "$@"
+# Two parts. Most tests run on two pytest-xdist workers with one torch thread each (a file's tests stay on one
+# worker, so module fixtures are built once): many tests wait on subprocesses, servers and daemons, and the other
+# worker computes meanwhile. The deployment tests (Postgres, Redis, celery workers with a 10 s visibility timeout)
+# run alone afterwards with two threads, as before. pytest's exit code 5 (nothing selected, e.g. for a file
+# given as an argument that has no serial tests) is not a failure.
+WORKERS=${AGREEMATE_TEST_WORKERS:-2}
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -p no:cacheprovider --durations=12 \
+  -n "$WORKERS" --dist loadfile -m "not serial" "$@"
+rc1=$?
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} .venv/bin/python -m pytest -p no:cacheprovider --durations=12 -m serial "$@"
+rc2=$?
+for rc in $rc1 $rc2; do [[ $rc -eq 0 || $rc -eq 5 ]] || exit "$rc"; done
+exit 0
 rc=$?
 if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi
 exit $rc

@@ -69,6 +69,20 @@ def converted_dir() -> Path:
     dest = settings.cache_dir() / "models" / f"smollm2-135m-instruct-{digest}"
     if (dest / "config.json").is_file() and (dest / ".complete").is_file():
         return dest
+    import fcntl
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time per machine: a second process (another Dagster step, another test worker) waits and
+    # then finds the copy complete, instead of replacing the folder under a process that is loading it.
+    with open(dest.parent / f"{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / "config.json").is_file() and (dest / ".complete").is_file():
+            return dest
+        _convert(src, dest, digest)
+    return dest
+
+
+def _convert(src: Path, dest: Path, digest: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,7 +91,6 @@ def converted_dir() -> Path:
     # The GGUF loader leaves a quantizer marker that makes save_pretrained (and Trainer) refuse the model.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -89,7 +102,6 @@ def converted_dir() -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def resolve_model_path(model: str) -> str:

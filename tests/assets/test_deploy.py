@@ -10,6 +10,8 @@ from dagster import AssetKey, DagsterRunStatus, RunsFilter
 
 from agreemate_assets.deploy.stack import Stack
 
+pytestmark = pytest.mark.serial  # scripts/test.sh runs these alone, after the parallel part
+
 RB_ROSTER = """agents:
   - {id: rb, backend: rule-based, model: rule-based}
   - {id: rb-slow, backend: rule-based, model: rule-based, beta: 0.3}

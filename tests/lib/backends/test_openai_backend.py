@@ -25,6 +25,7 @@ def one(b, fmt=ReplyFormat()):
     return b.generate([ChatRequest(list(MSGS), fmt, key="k")], SETTINGS)[0]
 
 
+@pytest.mark.serial  # timed against a fake server's delays: alone, not beside another worker
 @pytest.mark.parametrize("fault", ["429", "500", "empty", "slow"])
 def test_fault_is_retried_then_succeeds(fault):
     with FakeOpenAI([fault, "ok"], slow_s=1.5) as srv:
@@ -33,6 +34,7 @@ def test_fault_is_retried_then_succeeds(fault):
     assert len(srv.requests) == 2
 
 
+@pytest.mark.serial  # timed against a fake server's delays: alone, not beside another worker
 @pytest.mark.parametrize("fault,message", [("429", "HTTP 429"), ("500", "HTTP 500"), ("empty", "empty completion"),
                                            ("slow", "Timeout")])
 def test_fault_that_persists_becomes_an_error(fault, message):
@@ -60,6 +62,7 @@ def test_structured_output_request_carries_the_schema():
     assert list(schema["properties"])[0] == "reasoning"
 
 
+@pytest.mark.serial  # timed against a fake server's delays: alone, not beside another worker
 def test_many_requests_in_flight_with_bounded_concurrency():
     with FakeOpenAI(["slow"], slow_s=0.3) as srv:
         b = backend(srv.url, concurrency=8, timeout_s=5)
@@ -79,6 +82,7 @@ def test_cut_off_reply_is_the_models_not_a_server_fault():
     assert c.error is None and c.truncated and len(srv.requests) == 1
 
 
+@pytest.mark.serial  # timed against a fake server's delays: alone, not beside another worker
 def test_turn_budget_bounds_all_tries():
     with FakeOpenAI(["slow"], slow_s=0.6) as srv:
         import time

@@ -219,15 +219,22 @@ def test_split_by_listing_is_seeded():
     assert a.equals(b) and a.groupby("listing_key").split.nunique().max() == 1
 
 
+def shortest(df: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``n`` shortest Craigslist dialogues of each split (train, validation): a few steps of real training that
+    cost as little as real dialogues can."""
+    df = df[df.source == "craigslist"]
+    df = df.assign(_chars=df.messages.str.len()).sort_values(["_chars", "dialogue_id"]).drop(columns="_chars")
+    return df[df.split == "train"].head(n), df[df.split == "validation"].head(n)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("role,quantization", [("buyer", "nf4"), ("seller", "none")])  # generalist: same path
 def test_train_save_reload_generate(splits, tmp_path, role, quantization):
-    df = splits[role]
-    df = df[df.source == "craigslist"]
+    train, val = shortest(splits[role], 2)
     cfg = LoraTrainConfig(max_steps=4, micro_batch=2, grad_accum=1, train_examples=2, val_examples=2, lr=2e-3,
                           warmup_steps=1, cycle_steps=4, quantization=quantization, eval_every=2,
                           final_eval_dialogues=2, patience=10)
-    m = train_lora(df[df.split == "train"], df[df.split == "validation"], tmp_path / role, cfg, log=lambda *_: None)
+    m = train_lora(train, val, tmp_path / role, cfg, log=lambda *_: None)
     curves = pd.read_parquet(tmp_path / role / "curves.parquet")
     assert curves["loss"].iloc[-1] < curves["loss"].iloc[0]  # the same batch every step: the loss went down
     assert m["quantization"] == quantization
@@ -239,7 +246,7 @@ def test_train_save_reload_generate(splits, tmp_path, role, quantization):
     from agreemate_lib.negotiation.parsing import parse_turn
 
     backend = TransformersBackend("smollm2", adapter=str(tmp_path / role))
-    msgs, mask = json.loads(df.iloc[0]["messages"]), json.loads(df.iloc[0]["train_mask"])
+    msgs, mask = json.loads(train.iloc[0]["messages"]), json.loads(train.iloc[0]["train_mask"])
     msgs = msgs[: mask.index(True)]  # the prompt before the role's first target turn
     out = backend.generate([ChatRequest(msgs, ReplyFormat(cot=True, max_utterance_tokens=16,
                                                           max_reasoning_tokens=16), key="x")],
@@ -252,10 +259,9 @@ def test_training_is_reproducible(splits, tmp_path):
     """The same config on the same data gives the same adapter, byte for byte (what a rebuild relies on)."""
     from agreemate_lib.training.shipping import adapter_digest
 
-    df = splits["buyer"]
-    df = df[df.source == "craigslist"]
+    train, val = shortest(splits["buyer"], 2)
     cfg = LoraTrainConfig(max_steps=2, micro_batch=1, grad_accum=2, train_examples=2, val_examples=1, eval_every=1,
                           final_eval_dialogues=1, max_minutes=0, threads=1)
     for run in ("a", "b"):
-        train_lora(df[df.split == "train"], df[df.split == "validation"], tmp_path / run, cfg, log=lambda *_: None)
+        train_lora(train, val, tmp_path / run, cfg, log=lambda *_: None)
     assert adapter_digest(tmp_path / "a") == adapter_digest(tmp_path / "b")
