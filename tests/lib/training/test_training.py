@@ -222,7 +222,7 @@ def test_split_by_listing_is_seeded():
 def shortest(df: pd.DataFrame, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``n`` shortest Craigslist dialogues of each split (train, validation): a few steps of real training that
     cost as little as real dialogues can."""
-    df = df[df.source == "craigslist"]
+    df = df[(df.source == "craigslist") & df.train_mask.str.contains("true")]  # with a target turn of the role
     df = df.assign(_chars=df.messages.str.len()).sort_values(["_chars", "dialogue_id"]).drop(columns="_chars")
     return df[df.split == "train"].head(n), df[df.split == "validation"].head(n)
 
