@@ -114,6 +114,9 @@ class LlamaServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(30)
         self.proc = None
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
 
 _SERVERS: dict[tuple, LlamaServer] = {}
