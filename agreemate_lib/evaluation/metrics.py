@@ -182,16 +182,23 @@ def deal_outside_limits(x: MetricInputs) -> float:
 def reneging_rate(x: MetricInputs) -> float:
     if x.outcome.speakers is None:
         return NAN
+    moves = price_moves(x.outcome.speakers, x.prices)
+    return sum(away for _, away in moves) / len(moves) if moves else NAN
+
+
+def price_moves(speakers: Sequence[str], prices: Sequence[float | None]) -> list[tuple[int, bool]]:
+    """(turn index, moves away from the other side) for every turn whose price differs from its speaker's last one:
+    away is a buyer lowering or a seller raising its own price (``reneging_rate``; the training data's
+    ``reneging_turns``)."""
     last: dict[str, float] = {}
-    moves = away = 0
-    for who, price in zip(x.outcome.speakers, x.prices):
+    out = []
+    for k, (who, price) in enumerate(zip(speakers, prices)):
         if price is None:
             continue
         if who in last and price != last[who]:
-            moves += 1
-            away += (price < last[who]) if who == "buyer" else (price > last[who])
+            out.append((k, price < last[who] if who == "buyer" else price > last[who]))
         last[who] = price
-    return away / moves if moves else NAN
+    return out
 
 
 @register_metric("utterance_price_mismatch", formula="share of turns whose words name a price (within 0.1 L .. 3 L) "

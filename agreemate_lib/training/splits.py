@@ -145,16 +145,10 @@ def reneging_turns(dialogue: dict) -> list[int]:
     """Indices of the turns whose price moves away from the other side (a buyer lowering, a seller raising its own
     last price): 168 of the 1,747 price moves in validation and test, mostly the price tracker's misreadings. They
     stay in the dialogue as context but are never training targets (the ``reneging_rate`` metric counts them)."""
-    last: dict[str, float] = {}
-    out = []
-    for k, t in enumerate(dialogue["turns"]):
-        p, who = t["price"], t["speaker"]
-        if p is None:
-            continue
-        if who in last and (p < last[who] if who == "buyer" else p > last[who]):
-            out.append(k)
-        last[who] = p
-    return out
+    from agreemate_lib.evaluation.metrics import price_moves
+
+    turns = dialogue["turns"]
+    return [k for k, away in price_moves([t["speaker"] for t in turns], [t["price"] for t in turns]) if away]
 
 
 def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[list[dict], list[bool]]:
