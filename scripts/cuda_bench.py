@@ -84,6 +84,7 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
     cuda = next(model.parameters()).is_cuda
     fs0 = dict(getattr(model, "_agreemate_forward_stats", {"prefill_s": 0.0, "decode_s": 0.0, "decode_steps": 0}))
     batches0 = jobs[0][1].backend.shared.batcher.stats.as_dict()
+    st0 = [dict(b.backend.stats) for _, b, _ in jobs]
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -102,6 +103,10 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
     backend = jobs[0][1].backend
     fs = {k: backend.forward_stats[k] - fs0.get(k, 0) for k in ("prefill_s", "decode_s", "decode_steps")}
     batches = backend.shared.batcher.stats.as_dict(since=batches0)
+
+    def spent(key):  # seconds in the logits processors over all pairs' backends (a merged call counts once a pair)
+        return round(sum(b.backend.stats.get(key, 0.0) - s0.get(key, 0.0) for (_, b, _), s0 in zip(jobs, st0)), 2)
+
     return {"config": label, "kv_cache": "grows in place" if grow else "concatenation", "pairs": pairs,
             "pairs_run": "together" if together else "one after another", "dialogues": len(negs),
             "max_turns": turns, "prefix_cache_tokens": cache_tokens, "wall_s": round(wall, 2),
@@ -111,7 +116,8 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
             "first_error": next((x.error for x in all_turns if x.error), None), "prefill_s": round(fs["prefill_s"], 2),
             "decode_s": round(fs["decode_s"], 2), "decode_steps": fs["decode_steps"],
             "ms_per_decode_step": round(1000 * fs["decode_s"] / max(1, fs["decode_steps"]), 2),
-            "batches": batches["batches"],
+            "batches": batches["batches"], "structured_processor_s": spent("processor_s"),
+            "sampler_s": spent("sampler_s"), "generate_s": spent("generate_s"),
             "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
 
 

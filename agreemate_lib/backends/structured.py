@@ -271,15 +271,23 @@ class TurnMachine:
 
 
 class TurnMachineProcessor:
-    """A transformers ``LogitsProcessor`` driving one :class:`TurnMachine` per row of the batch."""
+    """A transformers ``LogitsProcessor`` driving one :class:`TurnMachine` per row of the batch.
+
+    The rows' allowed sets become one boolean mask over the batch in a fixed number of tensor operations per step,
+    whatever the batch size: each vocabulary mask a machine hands out (a few per tokenizer, cached) is one row of a
+    stack kept on the scores' device and picked per row by index; the rows that allow a short list of ids get them
+    scattered in; one ``masked_fill`` applies it. (Row by row, a step cost a few kernel launches per row: at 240
+    rows on a GPU, more than the model's forward.)"""
 
     def __init__(self, machines: list[TurnMachine]):
         self.machines = machines
         self._started = False
         self.elapsed = 0.0  # seconds spent here (the Python side of structured generation)
-        #: Disallowed-token masks on the scores' device, by the allowed mask they invert (masks are cached per
-        #: tokenizer, so each is moved and inverted once per call of generate, not once per row and step).
-        self._blocked: dict[int, torch.Tensor] = {}
+        #: Distinct vocabulary masks seen (by identity) -> their row in the device stack; rows 0 and 1 are "none
+        #: allowed" (for id-list rows) and "all allowed" (for rows where anything goes).
+        self._rows: dict[int, int] = {}
+        self._masks: list[torch.Tensor] = []
+        self._stack: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         import time
@@ -290,28 +298,44 @@ class TurnMachineProcessor:
         finally:
             self.elapsed += time.perf_counter() - t0
 
+    def _stack_on(self, device, vocab: int) -> torch.Tensor:
+        """[2 + masks, vocab] bool on ``device``: none, all, then each distinct mask (rebuilt when one is added)."""
+        if self._stack is None or self._stack.shape[0] != 2 + len(self._masks):
+            rows = [torch.zeros(vocab, dtype=torch.bool), torch.ones(vocab, dtype=torch.bool)]
+            rows += [m[:vocab] for m in self._masks]
+            self._stack = torch.stack(rows).to(device)
+        return self._stack
+
     def _apply(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self._started:
             last = input_ids[:, -1].tolist()
             for m, tok in zip(self.machines, last):
                 m.advance(tok)
         self._started = True
-        neg = torch.finfo(scores.dtype).min
+        pick: list[int] = []
+        list_rows: list[int] = []
+        list_ids: list[int] = []
         for row, m in enumerate(self.machines):
             allowed = m.allowed()
             if allowed is None:
-                continue
-            if isinstance(allowed, torch.Tensor):
-                blocked = self._blocked.get(id(allowed))
-                if blocked is None:
-                    blocked = (~allowed[: scores.shape[1]]).to(scores.device)
-                    self._blocked[id(allowed)] = blocked
-                scores[row].masked_fill_(blocked, neg)
+                pick.append(1)
+            elif isinstance(allowed, torch.Tensor):
+                k = self._rows.get(id(allowed))
+                if k is None:
+                    self._masks.append(allowed)
+                    k = self._rows[id(allowed)] = 1 + len(self._masks)
+                pick.append(k)
             else:
-                keep = scores[row, allowed].clone()
-                scores[row].fill_(neg)
-                scores[row, allowed] = keep
-        return scores
+                pick.append(0)
+                list_rows += [row] * len(allowed)
+                list_ids += allowed
+        stack = self._stack_on(scores.device, scores.shape[1])
+        idx = torch.tensor(pick + list_rows + list_ids, dtype=torch.long).to(scores.device, non_blocking=True)
+        allow = stack.index_select(0, idx[: len(pick)])
+        if list_ids:
+            n = len(list_rows)
+            allow[idx[len(pick) : len(pick) + n], idx[len(pick) + n :]] = True
+        return scores.masked_fill_(~allow, torch.finfo(scores.dtype).min)
 
 
 def max_reply_tokens(cot: bool, max_utterance_tokens: int, max_reasoning_tokens: int) -> int:

@@ -46,17 +46,23 @@ def _attach_forward_timers(model) -> None:
 
 class RowSampler:
     """A logits processor that samples each row with its own generator and its own temperature and nucleus top-p,
-    and leaves only the sampled token: greedy search then takes it. Runs after the structured-decoding mask."""
+    and leaves only the sampled token: greedy search then takes it. Runs after the structured-decoding mask.
+
+    Each row draws one uniform number a step from its own seeded CPU generator, so a row's reply depends on its seed
+    alone, never on which rows share its batch; the token is then found for all rows at once by inverse CDF
+    (``searchsorted`` over the cumulative probabilities), a fixed number of tensor operations whatever the batch."""
 
     def __init__(self, seeds: list[int], temperature: list[float], top_p: list[float]):
         self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
         self.generators: list | None = None
+        self.elapsed = 0.0
 
     def __call__(self, input_ids, scores):
         import torch
 
+        t0 = time.perf_counter()
         if self.generators is None:
-            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+            self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
         temp = torch.tensor([max(t, 1e-5) for t in self.temperature], device=scores.device).unsqueeze(1)
         probs = torch.softmax(scores.float() / temp, dim=-1)
         if any(p < 1.0 for p in self.top_p):
@@ -65,10 +71,13 @@ class RowSampler:
             drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p > top_p) & (top_p < 1.0)  # smallest set reaching top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-        out = torch.full_like(scores, torch.finfo(scores.dtype).min)
-        for row, gen in enumerate(self.generators):
-            choice = torch.multinomial(probs[row], 1, generator=gen)
-            out[row, choice] = 0.0
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        cdf = torch.cumsum(probs.double(), dim=-1)
+        # the first token whose cumulative probability exceeds u * total (a token of probability 0 never does)
+        target = u.to(scores.device).unsqueeze(1) * cdf[:, -1:]
+        choice = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[1] - 1)
+        out = torch.full_like(scores, torch.finfo(scores.dtype).min).scatter_(1, choice, 0.0)
+        self.elapsed += time.perf_counter() - t0
         return out
 
 
@@ -146,7 +155,7 @@ class TransformersBackend(ChatBackend):
         self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
         #: Where this backend's time goes: generate calls and the structured-output processor (Python). A call
         #: merged with other backends' calls counts whole for each of them.
-        self.stats = {"generate_s": 0.0, "processor_s": 0.0, "generate_calls": 0}
+        self.stats = {"generate_s": 0.0, "processor_s": 0.0, "sampler_s": 0.0, "generate_calls": 0}
         #: Model forwards split into prefill (several new tokens) and decode (one new token per row); shared by
         #: every backend on the same loaded model, since it times the model.
         self.forward_stats = self.model._agreemate_forward_stats
@@ -240,8 +249,8 @@ class TransformersBackend(ChatBackend):
         for b in _distinct_backends(rows):
             b.stats["generate_s"] += elapsed
             b.stats["generate_calls"] += 1
-            if machines:
-                b.stats["processor_s"] += gen_kwargs["logits_processor"][0].elapsed
+            for proc in gen_kwargs["logits_processor"]:
+                b.stats["sampler_s" if isinstance(proc, RowSampler) else "processor_s"] += getattr(proc, "elapsed", 0)
         new = out[:, enc["input_ids"].shape[1] :]
         if past is not None:
             self._store(rows, enc, out, past)

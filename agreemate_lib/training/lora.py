@@ -13,7 +13,10 @@
 - early stopping on held-out validation loss (every ``eval_every`` steps on ``val_examples`` dialogues, ``patience``
   evaluations without improvement), the best adapter kept, within a wall-clock budget (``max_minutes``);
 - held-out perplexity of the role's turns, adapter vs base model on the validation dialogues (``final_eval_dialogues``
-  of them; 0 = all), with a bootstrap CI over dialogues for the reduction.
+  of them; 0 = all), with a bootstrap CI over dialogues for the reduction;
+- resuming (``resume_from``: an earlier run's folder): its adapter weights, its place in the data order, its step
+  count (the learning-rate schedule goes on where it was; the optimizer's moments start afresh, so the first
+  ``warmup_steps`` warm up again) and its curves, so several wall-clock budgets add up to one longer training.
 
 Saved as a peft adapter (``adapter_model.safetensors`` in bf16 + ``adapter_config.json``) with
 ``training_config.json``, ``metrics.json`` and ``curves.parquet``.
@@ -71,6 +74,7 @@ class LoraTrainConfig(BaseModel):
     quantization: str = "none"  # none | nf4 | auto (nf4 where bitsandbytes works)
     seed: int = 0
     train_examples: int = 0  # 0: all
+    resume_from: str = ""  # an earlier run's folder (adapter, manifest.json or metrics.json, curves.parquet)
 
     @classmethod
     def full(cls) -> LoraTrainConfig:
@@ -245,6 +249,28 @@ def layer_param_groups(model, cfg: LoraTrainConfig) -> list[dict]:
     return out
 
 
+def resume_state(folder: str | Path) -> dict:
+    """What a resumed run continues from: the earlier run's adapter weights (checked against its manifest's digest),
+    how many steps and examples it ran, its curves, and its manifest (kept in the new one as ``previous``)."""
+    from safetensors.torch import load_file
+
+    from agreemate_lib.training.shipping import read_manifest, verify_adapter
+
+    folder = Path(folder)
+    digest = verify_adapter(folder)
+    manifest = read_manifest(folder)
+    metrics = manifest["metrics"] if manifest else json.loads((folder / "metrics.json").read_text())
+    if "examples_seen" in metrics:
+        seen = int(metrics["examples_seen"])
+    else:  # runs before examples_seen was recorded: the epochs they ran over their training dialogues
+        seen = round(metrics["epochs"] * metrics["train_dialogues"])
+    curves = folder / "curves.parquet"
+    return {"folder": str(folder), "digest": digest, "weights": load_file(str(folder / "adapter_model.safetensors")),
+            "steps": int(metrics["steps"]), "examples_seen": seen, "train_dialogues": int(metrics["train_dialogues"]),
+            "curves": pd.read_parquet(curves) if curves.is_file() else pd.DataFrame(), "manifest": manifest,
+            "wall_s": float(metrics.get("wall_s", 0.0)), "tokens": int(metrics.get("tokens", 0))}
+
+
 def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Path,
                cfg: LoraTrainConfig = LoraTrainConfig(), device: str = "auto", log=print) -> dict:
     """Train one adapter on whole-dialogue rows (see ``training/splits.py``); returns its metrics (also written to
@@ -277,6 +303,13 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                              target_modules=cfg.modules(), task_type="CAUSAL_LM"))
+    resumed = resume_state(cfg.resume_from) if cfg.resume_from else None
+    if resumed:
+        import torch as _torch
+
+        set_peft_model_state_dict(model, {k: v.to(_torch.float32) for k, v in resumed["weights"].items()})
+        log(f"resuming {resumed['folder']} (digest {resumed['digest']}): {resumed['steps']} steps, "
+            f"{resumed['examples_seen']} examples seen")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     from agreemate_lib.backends.models import bf16_supported
 
@@ -298,21 +331,31 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     if not train_ex or not val_ex:
         raise ValueError(f"no usable examples (train {len(train_ex)}, validation {len(val_ex)}; "
                          f"{skipped + vskipped} longer than max_length={cfg.max_length} or without a target)")
+    if resumed and resumed["train_dialogues"] != len(train_ex):
+        raise ValueError(f"resume_from {resumed['folder']}: it trained on {resumed['train_dialogues']} dialogues, "
+                         f"this data gives {len(train_ex)}; its place in the data order would not carry over")
     with model.disable_adapter():
         base_losses = sequence_losses(model, val_ex, device, autocast)
     base_val = mean_loss(base_losses)
+    start_val = mean_loss(sequence_losses(model, val_ex, device, autocast)) if resumed else base_val
+    if resumed:
+        log(f"the resumed adapter's validation loss: {start_val:.4f}")
     log(f"base model validation loss {base_val:.4f} on {len(val_ex)} dialogues; {len(train_ex)} training dialogues, "
         f"{sum(sum(x != -100 for x in e['labels']) for e in train_ex)} target tokens")
 
     groups = layer_param_groups(model, cfg)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
     base_lrs = [g["lr"] for g in groups]
-    curves, ema, cursor, tokens_seen = [], None, 0, 0
-    best = {"loss": base_val, "step": -1, "state": None}
+    offset = resumed["steps"] if resumed else 0
+    curves, ema, tokens_seen = [], None, resumed["tokens"] if resumed else 0
+    cursor = resumed["examples_seen"] if resumed else 0
+    best = {"loss": start_val, "step": offset - 1, "state": None}
     stale, stop_reason = 0, "max_steps"
     model.train()
-    for step in range(cfg.max_steps):
+    for step in range(offset, cfg.max_steps):
         mult = lr_multiplier(step, cfg)
+        if resumed and step - offset < cfg.warmup_steps:  # fresh optimizer moments: warm up again
+            mult *= (step - offset + 1) / cfg.warmup_steps
         for g, base in zip(opt.param_groups, base_lrs):
             g["lr"] = base * mult
         t0 = time.perf_counter()
@@ -363,6 +406,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
             break
     if best["state"] is not None:
         set_peft_model_state_dict(model, best["state"])
+    elif resumed:  # no step beat the resumed adapter: keep it as it was
+        set_peft_model_state_dict(model, {k: v.to(torch.float32) for k, v in resumed["weights"].items()})
     log(f"stopped: {stop_reason}; keeping step {best['step'] + 1}; final held-out evaluation on {len(val_all)} "
         "dialogues")
     tuned_all = sequence_losses(model, val_all, device, autocast)
@@ -377,22 +422,27 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     model.save_pretrained(out, safe_serialization=True)
     canonical_adapter_config(out)
     curves_df = pd.DataFrame(curves)
+    if resumed and len(resumed["curves"]):
+        curves_df = pd.concat([resumed["curves"], curves_df], ignore_index=True)
     curves_df.to_parquet(out / "curves.parquet", index=False)
     metrics = {
-        "steps": len(curves), "best_step": best["step"] + 1, "stop_reason": stop_reason, "tokens": tokens_seen,
-        "epochs": cursor / len(train_ex), "train_dialogues": len(train_ex), "skipped": skipped,
+        "steps": offset + len(curves), "best_step": best["step"] + 1, "stop_reason": stop_reason,
+        "tokens": tokens_seen, "examples_seen": cursor, "epochs": cursor / len(train_ex), "train_dialogues": len(train_ex), "skipped": skipped,
         "validation_dialogues": len(val_all), "trainable_parameters": trainable,
-        "train_loss_first": curves[0]["loss"], "train_loss_final": curves[-1]["loss"],
+        "train_loss_first": float(curves_df["loss"].iloc[0]), "train_loss_final": float(curves_df["loss"].iloc[-1]),
         "train_loss_ema_final": ema, "validation_loss": mean_loss(tuned_all),
         "base_validation_loss": mean_loss(base_all), "validation_perplexity": ppl["perplexity"],
         "base_validation_perplexity": ppl["base_perplexity"], "perplexity_reduction": ppl["perplexity_reduction"],
         "perplexity_reduction_ci_low": ppl["perplexity_reduction_ci_low"],
         "perplexity_reduction_ci_high": ppl["perplexity_reduction_ci_high"],
-        "wall_s": time.perf_counter() - t_start,
+        "wall_s": time.perf_counter() - t_start + (resumed["wall_s"] if resumed else 0.0),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "quantization": quant, "quantization_note": note, "mixed_precision": "bf16" if use_bf16 else "fp32",
         "device": device,
     }
+    if resumed:
+        metrics |= {"resumed_from_digest": resumed["digest"], "resumed_at_step": offset,
+                    "resumed_validation_loss": start_val}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "training_config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
     return metrics

@@ -57,3 +57,85 @@ def test_greedy_is_deterministic_and_batch_matches_single():
     batch = backend.generate([ChatRequest(list(MSGS), fmt, key="x"), ChatRequest(other, fmt, key="y")], greedy)
     assert batch[0].text == single
     assert backend.generate([ChatRequest(list(MSGS), fmt, key="x")], greedy)[0].text == single
+
+
+def _row_by_row(machines, scores):
+    """The processor's rule applied one row at a time (what the batched mask must equal)."""
+    import torch
+
+    out = scores.clone()
+    neg = torch.finfo(scores.dtype).min
+    for row, m in enumerate(machines):
+        allowed = m.allowed()
+        if allowed is None:
+            continue
+        keep = torch.zeros(scores.shape[1], dtype=torch.bool)
+        if isinstance(allowed, torch.Tensor):
+            keep |= allowed[: scores.shape[1]]
+        else:
+            keep[allowed] = True
+        out[row] = out[row].masked_fill(~keep, neg)
+    return out
+
+
+def test_batched_mask_equals_the_row_by_row_rule_at_every_step(smollm2_backend):
+    """Machines in different states (reasoning text, act choice, utterance, price digits, null, closing) step through
+    replies the model never wrote (random tokens drawn from each row's allowed set): at every step the one-mask
+    processor leaves exactly the scores the row-by-row rule leaves."""
+    import torch
+
+    from agreemate_lib.backends.structured import TurnMachine, TurnMachineProcessor
+
+    table = smollm2_backend.table
+    fmts = [ReplyFormat(cot=True, max_utterance_tokens=6, max_reasoning_tokens=5), ReplyFormat(max_utterance_tokens=4),
+            ReplyFormat(max_utterance_tokens=3, allowed_acts=("counter-price",), price_digits=(2, 3)),
+            ReplyFormat(max_utterance_tokens=2, allowed_acts=("accept", "reject"))]
+    machines = [TurnMachine(table, f) for f in fmts * 2]
+    twins = [TurnMachine(table, f) for f in fmts * 2]
+    proc = TurnMachineProcessor(machines)
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.zeros((len(machines), 1), dtype=torch.long)
+    kinds = set()
+    for step in range(60):
+        scores = torch.randn((len(machines), table.vocab_size), generator=gen)
+        if step:
+            for m, tok in zip(twins, ids[:, -1].tolist()):
+                m.advance(tok)
+        kinds |= {m.kind for m in twins if not m.done}
+        want = _row_by_row(twins, scores)
+        got = proc(ids, scores.clone())
+        assert torch.equal(got, want), f"step {step}"
+        nxt = got.argmax(dim=1, keepdim=True)  # an allowed token of every row
+        ids = torch.cat([ids, nxt], dim=1)
+    assert {"text", "choice", "number", "literal", "eos"} <= kinds
+    assert all(m.complete for m in machines)
+
+
+def test_row_sampler_draws_each_row_from_its_own_seed_and_distribution():
+    """A row's draw depends on its seed only (not on the rows beside it); tokens of probability 0 are never drawn;
+    the draws follow the softmax (frequencies within 0.02 over 4,000 draws); top-p keeps the smallest set."""
+    import torch
+
+    from agreemate_lib.backends.transformers_backend import RowSampler
+
+    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf"), 0.5]])
+    neg = torch.finfo(torch.float32).min
+
+    def draws(seed, n, top_p=1.0, beside=0):
+        s = RowSampler([seed] + [seed + 1 + i for i in range(beside)], [1.0] * (1 + beside), [top_p] * (1 + beside))
+        rows = logits.repeat(1 + beside, 1).clone()
+        rows[:, 3] = neg
+        out = []
+        for _ in range(n):
+            r = s(None, rows.clone())
+            assert (r == 0).sum(dim=1).eq(1).all()
+            out.append(int(r[0].argmax()))
+        return out
+
+    assert draws(7, 50) == draws(7, 50, beside=5)
+    many = draws(11, 4000)
+    assert 3 not in many
+    p = torch.softmax(torch.tensor([0.0, 1.0, 2.0, 0.5]), 0).tolist()
+    for tok, want in zip((0, 1, 2, 4), p):
+        assert abs(many.count(tok) / 4000 - want) < 0.02, (tok, many.count(tok) / 4000, want)
+    assert set(draws(5, 300, top_p=0.5)) == {2}  # token 2 alone holds 0.55 of the mass
