@@ -249,6 +249,29 @@ def layer_param_groups(model, cfg: LoraTrainConfig) -> list[dict]:
     return out
 
 
+def reproduction_stages(manifest: dict) -> list[LoraTrainConfig]:
+    """The runs that rebuild a shipped adapter, oldest first: its own config and, for a resumed adapter, each run of
+    the chain it resumed (``manifest['previous']``), each for exactly the steps it ran (a wall-clock budget depends
+    on the machine's speed, a step count does not). Every stage after the first resumes from the one before it: the
+    caller sets ``resume_from`` to where that stage's output went."""
+    chain = []
+    m: dict | None = manifest
+    while m is not None:
+        chain.append(m)
+        m = m.get("previous")
+    stages, done = [], 0
+    for m in reversed(chain):
+        steps = int(m["metrics"]["steps"])
+        cfg = LoraTrainConfig(**m["training_config"]).model_copy(
+            update={"max_steps": steps, "max_minutes": 0.0, "resume_from": ""})
+        if int(m["metrics"].get("resumed_at_step", 0)) != done:
+            raise ValueError(f"the manifest chain is broken: a run resumed at step "
+                             f"{m['metrics'].get('resumed_at_step', 0)} after a run of {done} steps")
+        stages.append(cfg)
+        done = steps
+    return stages
+
+
 def resume_state(folder: str | Path) -> dict:
     """What a resumed run continues from: the earlier run's adapter weights (checked against its manifest's digest),
     how many steps and examples it ran, its curves, and its manifest (kept in the new one as ``previous``)."""

@@ -258,12 +258,17 @@ def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path):
 
 
 def test_reproducing_the_shipped_adapter_uses_its_manifest():
-    from agreemate_assets.defs.training.assets import AdapterTraining, training_config
+    """One run per budget the shipped adapter was trained over (its manifest chain), each for the steps it ran."""
+    from agreemate_assets.defs.training.assets import AdapterTraining, training_configs
     from agreemate_lib.training.shipping import read_manifest, shipped_adapter_dir
 
-    m = read_manifest(shipped_adapter_dir("smollm2", "buyer"))
-    cfg = training_config(AdapterTraining(reproduce_shipped=True), "buyer", seed=0)
-    assert cfg.max_steps == m["metrics"]["steps"] and cfg.max_minutes == 0  # steps, not the machine's speed
-    assert cfg.model_dump(exclude={"max_steps", "max_minutes"}) == {
-        k: v for k, v in m["training_config"].items() if k not in ("max_steps", "max_minutes")}
-    assert training_config(AdapterTraining(), "buyer", seed=3).seed == 3
+    chain = [read_manifest(shipped_adapter_dir("smollm2", "buyer"))]
+    while chain[-1].get("previous"):
+        chain.append(chain[-1]["previous"])
+    stages = training_configs(AdapterTraining(reproduce_shipped=True), "buyer", seed=0)
+    assert len(stages) == len(chain)
+    skip = ("max_steps", "max_minutes", "resume_from")
+    for cfg, m in zip(stages, reversed(chain)):
+        assert cfg.max_steps == m["metrics"]["steps"] and cfg.max_minutes == 0  # steps, not the machine's speed
+        assert cfg.model_dump(exclude=set(skip)) == {k: v for k, v in m["training_config"].items() if k not in skip}
+    assert training_configs(AdapterTraining(), "buyer", seed=3)[0].seed == 3

@@ -41,23 +41,25 @@ class AdapterTraining(LoraTrainConfig, Config):
     """The lora_adapters run config: :class:`LoraTrainConfig` (defaults: the shipped adapters' settings, up to an hour
     a role on 2 CPU cores; ``preset: full`` = paper scale on a GPU), plus ``reproduce_shipped``: train with the
     shipped adapter's own config from its manifest, for exactly the steps it ran (its wall-clock budget, which
-    depends on the machine's speed, replaced by that step count)."""
+    depends on the machine's speed, replaced by that step count); an adapter trained over several budgets (resumed
+    runs) is rebuilt run by run, each resuming the one before."""
 
     reproduce_shipped: bool = False
 
 
-def training_config(config: AdapterTraining, role: str, seed: int) -> LoraTrainConfig:
-    """The settings a lora_adapters run uses."""
+def training_configs(config: AdapterTraining, role: str, seed: int) -> list[LoraTrainConfig]:
+    """The settings of the runs a lora_adapters materialization makes, in order: one run, or (``reproduce_shipped``)
+    the shipped adapter's chain of runs (:func:`~agreemate_lib.training.lora.reproduction_stages`)."""
+    from agreemate_lib.training.lora import reproduction_stages
     from agreemate_lib.training.shipping import read_manifest, shipped_adapter_dir
 
     if not config.reproduce_shipped:
-        return LoraTrainConfig(**config.model_dump(exclude={"reproduce_shipped"})).resolved(seed=seed)
+        return [LoraTrainConfig(**config.model_dump(exclude={"reproduce_shipped"})).resolved(seed=seed)]
     folder = shipped_adapter_dir(config.model, role)
     manifest = read_manifest(folder)
     if manifest is None:
         raise FileNotFoundError(f"reproduce_shipped: no manifest.json in {folder}")
-    shipped = LoraTrainConfig(**manifest["training_config"])
-    return shipped.model_copy(update={"max_steps": int(manifest["metrics"]["steps"]), "max_minutes": 0.0})
+    return reproduction_stages(manifest)
 
 
 def adapter_dir(store: ResultsStore, role: str) -> Path:
@@ -157,11 +159,20 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_
 
     role = context.partition_key
     df = splits[role]
-    cfg = training_config(config, role, study.seed)
+    stages = training_configs(config, role, study.seed)
     out = adapter_dir(results_store, role)
-    m = train_lora(df[df["split"] == "train"], df[df["split"] == "validation"], out, cfg, log=context.log.info)
-    manifest = write_manifest(out, role=role, training_config=cfg.model_dump(), data_version=frame_version(df),
-                              metrics=m)
+    previous = None
+    for k, cfg in enumerate(stages):
+        if previous is not None:
+            cfg = cfg.model_copy(update={"resume_from": str(previous)})
+        last = k == len(stages) - 1
+        dest = out if last else out.parent / f"{out.name}.run{k + 1}"
+        if len(stages) > 1:
+            context.log.info(f"run {k + 1} of {len(stages)}: {cfg.max_steps} steps in all")
+        m = train_lora(df[df["split"] == "train"], df[df["split"] == "validation"], dest, cfg, log=context.log.info)
+        manifest = write_manifest(dest, role=role, training_config=cfg.model_dump(),
+                                  data_version=frame_version(df), metrics=m)
+        previous = dest
     same = compare_with_shipped(out, shipped_adapter_dir(cfg.model, role))
     yield MaterializeResult(data_version=DataVersion(manifest["digest"]), metadata={
         **{k: (float(v) if isinstance(v, (int, float)) else str(v)) for k, v in m.items()},

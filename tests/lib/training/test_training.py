@@ -265,3 +265,45 @@ def test_training_is_reproducible(splits, tmp_path):
     for run in ("a", "b"):
         train_lora(train, val, tmp_path / run, cfg, log=lambda *_: None)
     assert adapter_digest(tmp_path / "a") == adapter_digest(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_weights_data_position_and_schedule(splits, tmp_path):
+    """Two budgets add up to one training: the resumed run starts from the first run's adapter (its validation loss
+    is the first run's, not the base model's), goes on from the first run's place in the data and step count, keeps
+    its curves, and its manifest names the run it resumed. A changed adapter is refused by digest."""
+    from agreemate_lib.training.shipping import AdapterDigestError, adapter_digest, write_manifest
+
+    train, val = shortest(splits["seller"], 3)
+    cfg = LoraTrainConfig(max_steps=2, micro_batch=1, grad_accum=1, train_examples=3, val_examples=1, eval_every=1,
+                          final_eval_dialogues=1, max_minutes=0, threads=1, lr=2e-3, warmup_steps=1, patience=10)
+    first = train_lora(train, val, tmp_path / "first", cfg, log=lambda *_: None)
+    write_manifest(tmp_path / "first", role="seller", training_config=cfg.model_dump(), data_version="v",
+                   metrics=first)
+    assert first["examples_seen"] == 2 and first["validation_loss"] < first["base_validation_loss"]
+    more = cfg.model_copy(update={"max_steps": 4, "resume_from": str(tmp_path / "first")})
+    second = train_lora(train, val, tmp_path / "second", more, log=lambda *_: None)
+    manifest = write_manifest(tmp_path / "second", role="seller", training_config=more.model_dump(),
+                              data_version="v", metrics=second)
+    # the resumed weights were loaded: its starting loss is the first run's (saved in bf16), far from the base's
+    assert abs(second["resumed_validation_loss"] - first["validation_loss"]) < 0.02
+    assert second["resumed_from_digest"] == adapter_digest(tmp_path / "first")
+    assert second["steps"] == 4 and second["examples_seen"] == 4 and second["resumed_at_step"] == 2
+    curves = pd.read_parquet(tmp_path / "second" / "curves.parquet")
+    assert curves["step"].tolist() == [0, 1, 2, 3]
+    assert manifest["previous"]["digest"] == adapter_digest(tmp_path / "first")
+    (tmp_path / "first" / "adapter_model.safetensors").write_bytes(b"changed")
+    with pytest.raises(AdapterDigestError):
+        train_lora(train, val, tmp_path / "third", more, log=lambda *_: None)
+
+
+def test_reproduction_stages_follow_the_manifest_chain():
+    from agreemate_lib.training.lora import reproduction_stages
+
+    first = {"training_config": {"max_minutes": 85.0, "lr": 1e-3}, "metrics": {"steps": 82}}
+    second = {"training_config": {"max_minutes": 85.0, "lr": 1e-3, "resume_from": "/tmp/x"},
+              "metrics": {"steps": 160, "resumed_at_step": 82}, "previous": first}
+    stages = reproduction_stages(second)
+    assert [(c.max_steps, c.max_minutes, c.resume_from) for c in stages] == [(82, 0.0, ""), (160, 0.0, "")]
+    with pytest.raises(ValueError, match="chain is broken"):
+        reproduction_stages(second | {"metrics": {"steps": 160, "resumed_at_step": 80}})
