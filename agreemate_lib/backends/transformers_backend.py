@@ -50,12 +50,30 @@ class RowSampler:
 
     Each row draws one uniform number a step from its own seeded CPU generator, so a row's reply depends on its seed
     alone, never on which rows share its batch; the token is then found for all rows at once by inverse CDF
-    (``searchsorted`` over the cumulative probabilities), a fixed number of tensor operations whatever the batch."""
+    (``searchsorted`` over the cumulative probabilities), a fixed number of tensor operations whatever the batch.
+    The nucleus is looked for among the ``candidates`` most likely tokens first (``topk``); only a row whose nucleus
+    does not fit in them is sorted whole (sorting the full vocabulary of every row cost more than the model's step
+    on the 2-core CPU). Either way the nucleus is the same set: the most likely tokens up to the first that brings
+    the mass to ``top_p``."""
 
-    def __init__(self, seeds: list[int], temperature: list[float], top_p: list[float]):
+    def __init__(self, seeds: list[int], temperature: list[float], top_p: list[float], candidates: int = 256):
         self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
+        self.candidates = candidates
         self.generators: list | None = None
         self.elapsed = 0.0
+
+    @staticmethod
+    def _pick(probs, order, u, top_p):
+        """Inverse-CDF draw over each row's tokens ``probs`` (listed most likely first, ids ``order``), cut to the
+        nucleus where ``top_p`` < 1."""
+        import torch
+
+        before = torch.cumsum(probs, dim=-1) - probs  # the mass of the more likely tokens
+        probs = probs.masked_fill((before > top_p) & (top_p < 1.0), 0.0)
+        cdf = torch.cumsum(probs.double(), dim=-1)
+        # the first token whose cumulative probability exceeds u * total (a token of probability 0 never does)
+        j = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
+        return order.gather(1, j)
 
     def __call__(self, input_ids, scores):
         import torch
@@ -63,19 +81,22 @@ class RowSampler:
         t0 = time.perf_counter()
         if self.generators is None:
             self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
-        temp = torch.tensor([max(t, 1e-5) for t in self.temperature], device=scores.device).unsqueeze(1)
+        dev = scores.device
+        temp = torch.tensor([max(t, 1e-5) for t in self.temperature], device=dev).unsqueeze(1)
+        top_p = torch.tensor(self.top_p, device=dev).unsqueeze(1)
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators]).to(dev).unsqueeze(1)
         probs = torch.softmax(scores.float() / temp, dim=-1)
-        if any(p < 1.0 for p in self.top_p):
-            top_p = torch.tensor(self.top_p, device=scores.device).unsqueeze(1)
-            sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
-            drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p > top_p) & (top_p < 1.0)  # smallest set reaching top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-        cdf = torch.cumsum(probs.double(), dim=-1)
-        # the first token whose cumulative probability exceeds u * total (a token of probability 0 never does)
-        target = u.to(scores.device).unsqueeze(1) * cdf[:, -1:]
-        choice = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[1] - 1)
+        k = min(self.candidates, probs.shape[1])
+        vals, order = torch.topk(probs, k, dim=-1)
+        # whole-vocabulary rows: no nucleus (top_p 1), or a nucleus wider than the candidates
+        whole = ((top_p >= 1.0) | (vals.sum(dim=-1, keepdim=True) - vals[:, -1:] <= top_p)).squeeze(1)
+        choice = torch.empty((probs.shape[0], 1), dtype=torch.long, device=dev)
+        some = ~whole
+        if bool(some.any()):
+            choice[some] = self._pick(vals[some], order[some], u[some], top_p[some])
+        if bool(whole.any()):
+            wv, wo = torch.sort(probs[whole], dim=-1, descending=True)
+            choice[whole] = self._pick(wv, wo, u[whole], top_p[whole])
         out = torch.full_like(scores, torch.finfo(scores.dtype).min).scatter_(1, choice, 0.0)
         self.elapsed += time.perf_counter() - t0
         return out

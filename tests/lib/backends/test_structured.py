@@ -139,3 +139,26 @@ def test_row_sampler_draws_each_row_from_its_own_seed_and_distribution():
     for tok, want in zip((0, 1, 2, 4), p):
         assert abs(many.count(tok) / 4000 - want) < 0.02, (tok, many.count(tok) / 4000, want)
     assert set(draws(5, 300, top_p=0.5)) == {2}  # token 2 alone holds 0.55 of the mass
+
+
+def test_row_sampler_finds_the_same_nucleus_among_candidates_as_over_the_whole_vocabulary():
+    """The top-k shortcut changes no draw: with few candidates (most rows' nucleus fits, some rows' does not and are
+    sorted whole) every row draws exactly the token the whole-vocabulary sort gives, step after step."""
+    import torch
+
+    from agreemate_lib.backends.transformers_backend import RowSampler
+
+    gen = torch.Generator().manual_seed(0)
+    rows, vocab = 12, 500
+    seeds, temps = list(range(rows)), [0.7] * 6 + [1.0] * 6
+    top_ps = [0.9, 0.5, 1.0, 0.95, 0.8, 0.99] * 2
+    shortcut, whole = RowSampler(seeds, temps, top_ps, candidates=6), RowSampler(seeds, temps, top_ps, candidates=vocab)
+    paths = set()
+    for step in range(40):
+        scores = torch.randn((rows, vocab), generator=gen) * (1 + 4 * (torch.arange(rows) % 3 == 0)).unsqueeze(1)
+        a, b = shortcut(None, scores.clone()), whole(None, scores.clone())
+        assert torch.equal(a.argmax(dim=1), b.argmax(dim=1)), f"step {step}"
+        probs = torch.softmax(scores / torch.tensor(temps).unsqueeze(1), dim=-1)
+        top = torch.topk(probs, 6).values
+        paths |= set((top.sum(1) - top[:, -1] > torch.tensor(top_ps)).tolist())
+    assert paths == {True, False}  # both the shortcut and the whole sort were taken
