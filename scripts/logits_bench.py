@@ -29,8 +29,8 @@ DIALOGUE = [
     {"role": "assistant", "content": '{"reasoning": "They are at $120; my target is $200 (never below $140). I answer '
                                      '$180, between $200 and their $120.", "action": "counter-price", "utterance": '
                                      '"It works perfectly and comes with the remote. I could do $180.", "price": 180}'},
-    {"role": "user", "content": "That is more than I hoped. Could you meet me at $150 if I pick it up today? [The buyer "
-                                "proposes $150.]"},
+    {"role": "user", "content": "That is more than I hoped. Could you meet me at $150 if I pick it up today? "
+                                "[The buyer proposes $150.]"},
     {"role": "assistant", "content": '{"reasoning": "They are at $150; I was at $180; my target is $200 (never below '
                                      '$140). I answer $165, between $180 and their $150.", "action": "counter-price", '
                                      '"utterance": "If you come today, $165 and it is yours.", "price": 165}'},
@@ -62,7 +62,8 @@ def main() -> int:
         logits = model(**tok(text, return_tensors="pt")).logits[0].float()
     vocab = logits.shape[1]
     table = TokenTable.build(tok, vocab)
-    fmts = [ReplyFormat(cot=True, max_utterance_tokens=48, max_reasoning_tokens=48), ReplyFormat(max_utterance_tokens=48)]
+    fmts = [ReplyFormat(cot=True, max_utterance_tokens=48, max_reasoning_tokens=48),
+            ReplyFormat(max_utterance_tokens=48)]
     for b in args.batches:
         machines = [TurnMachine(table, fmts[i % 2]) for i in range(b)]
         procs = [TurnMachineProcessor(machines), RowSampler(list(range(b)), [0.7] * b, [0.9] * b)]

@@ -49,6 +49,3 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} .venv/bin/python -m pytest -p no:cacheprov
 rc2=$?
 for rc in $rc1 $rc2; do [[ $rc -eq 0 || $rc -eq 5 ]] || exit "$rc"; done
 exit 0
-rc=$?
-if [[ $rc -eq 5 ]]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi
-exit $rc

@@ -313,6 +313,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
+    resumed = resume_state(cfg.resume_from) if cfg.resume_from else None  # a changed adapter fails here, early
     tok, model, quant, note = load_base(cfg, device)
     if note:
         log(note)
@@ -326,11 +327,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                              target_modules=cfg.modules(), task_type="CAUSAL_LM"))
-    resumed = resume_state(cfg.resume_from) if cfg.resume_from else None
     if resumed:
-        import torch as _torch
-
-        set_peft_model_state_dict(model, {k: v.to(_torch.float32) for k, v in resumed["weights"].items()})
+        set_peft_model_state_dict(model, {k: v.to(torch.float32) for k, v in resumed["weights"].items()})
         log(f"resuming {resumed['folder']} (digest {resumed['digest']}): {resumed['steps']} steps, "
             f"{resumed['examples_seen']} examples seen")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -450,7 +448,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     curves_df.to_parquet(out / "curves.parquet", index=False)
     metrics = {
         "steps": offset + len(curves), "best_step": best["step"] + 1, "stop_reason": stop_reason,
-        "tokens": tokens_seen, "examples_seen": cursor, "epochs": cursor / len(train_ex), "train_dialogues": len(train_ex), "skipped": skipped,
+        "tokens": tokens_seen, "examples_seen": cursor, "epochs": cursor / len(train_ex),
+        "train_dialogues": len(train_ex), "skipped": skipped,
         "validation_dialogues": len(val_all), "trainable_parameters": trainable,
         "train_loss_first": float(curves_df["loss"].iloc[0]), "train_loss_final": float(curves_df["loss"].iloc[-1]),
         "train_loss_ema_final": ema, "validation_loss": mean_loss(tuned_all),
