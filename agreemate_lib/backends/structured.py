@@ -42,6 +42,11 @@ class TokenTable:
     mask_cache: dict[str, torch.Tensor] = field(default_factory=dict)
     tokenizer: object = None
     vocab_size: int = 0
+    #: The token the tokenizer's own encoding puts between ``":`` and a number's digits (``": 120`` is ``":``,
+    #: `` ``, ``1``, ``2``, ``0`` for SmolLM2), where ``": null`` is ``":`` and `` null``: the price field then starts
+    #: right after ``":`` with either, as in the training data. None: a tokenizer without that split (the space
+    #: stays in the literal before the price, and ``null`` follows it).
+    space_id: int | None = None
 
     @classmethod
     def build(cls, tokenizer, vocab_size: int) -> TokenTable:
@@ -61,17 +66,25 @@ class TokenTable:
         dot_ids = [i for i, s in enumerate(strings) if s == "."]
         close_ids = [i for i, s in enumerate(strings) if s == "}"]
         eos = tokenizer.eos_token_id
+
+        def enc(text: str) -> list[int]:
+            return tokenizer.encode(text, add_special_tokens=False)
+
+        colon, space, with_null = enc('":'), enc(" "), enc('": null')
+        spaced = (len(space) == 1 and enc('": 120') == colon + space + enc("120")
+                  and with_null[: len(colon)] == colon and len(with_null) > len(colon))
         table = cls(
             strings=strings,
             eos_id=eos if isinstance(eos, int) else eos[0],
             digit_ids=digit_ids,
             dot_ids=dot_ids,
-            null_id_seq=tokenizer.encode("null", add_special_tokens=False),
+            null_id_seq=with_null[len(colon):] if spaced else enc("null"),
             close_ids=close_ids,
             free_text_mask=free,
             quote_tokens=quote_tokens,
             tokenizer=tokenizer,
             vocab_size=vocab_size,
+            space_id=space[0] if spaced else None,
         )
         for act in CHOOSABLE_ACTS:
             table.choice_seqs[act] = tokenizer.encode(act, add_special_tokens=False)
@@ -117,7 +130,9 @@ class TurnMachine:
         if cot:
             steps += [("text", ("reasoning", max_reasoning_tokens)), ("literal", '", "action": "')]
         steps += [("choice", "action"), ("literal", '", "utterance": "')]
-        steps += [("text", ("utterance", max_utterance_tokens)), ("literal", '", "price": ')]
+        # the price starts right after '":' with ' null' or ' ' and digits, as the tokenizer encodes it (TokenTable)
+        price_literal = '", "price":' if table.space_id is not None else '", "price": '
+        steps += [("text", ("utterance", max_utterance_tokens)), ("literal", price_literal)]
         steps += [("number", None), ("literal", "}"), ("eos", None)]
         self.steps = steps
         self.pos = 0
@@ -149,6 +164,7 @@ class TurnMachine:
             self._choice_tokens = []
         elif kind == "number":
             self._num, self._null_pos = "", 0
+            self._spaced = self.t.space_id is None  # the space before the digits is still to come
         if kind == "literal" and not self._literal_left:
             self._next()
 
@@ -201,11 +217,15 @@ class TurnMachine:
             action = self.fields.get("action")
             if self._null_pos:
                 return [self.t.null_id_seq[self._null_pos]]
+            if not self._spaced:  # right after '":': ' null', or the space before the digits
+                if action in NULL_PRICE_ACTS:
+                    return [self.t.null_id_seq[0]]
+                return [self.t.space_id] + ([self.t.null_id_seq[0]] if action not in PRICED_ACTS else [])
             if not self._num:
                 if action in NULL_PRICE_ACTS:
                     return [self.t.null_id_seq[0]]
                 ids = [i for i in self.t.digit_ids if self.t.strings[i] != "0" or self.min_digits <= 1]
-                if action not in PRICED_ACTS:
+                if action not in PRICED_ACTS and self.t.space_id is None:
                     ids.append(self.t.null_id_seq[0])
                 return ids
             whole = self._num.split(".")[0]
@@ -256,6 +276,8 @@ class TurnMachine:
                 if self._null_pos >= len(self.t.null_id_seq):
                     self.fields["price"] = None
                     self._next()
+            elif not self._spaced:
+                self._spaced = True
             elif s == "}":
                 self.fields["price"] = float(self._num.rstrip("."))
                 self._next()

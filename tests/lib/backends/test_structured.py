@@ -162,3 +162,40 @@ def test_row_sampler_finds_the_same_nucleus_among_candidates_as_over_the_whole_v
         top = torch.topk(probs, 6).values
         paths |= set((top.sum(1) - top[:, -1] > torch.tensor(top_ps)).tolist())
     assert paths == {True, False}  # both the shortcut and the whole sort were taken
+
+
+def test_the_machine_accepts_the_training_targets_token_by_token(smollm2_backend, data_dir):
+    """Every token of the tokenizer's own encoding of real training targets (buyer and seller, null and numeric
+    prices, every act) is allowed by the machine when it comes: the decoder never forces a tokenization the adapters
+    never saw. (It once forced '": ' + 'null', where the training text is '":' + ' null', so a fine-tuned agent
+    almost never wrote null and every inform carried a price.)"""
+    import json
+
+    from agreemate_lib.backends.structured import TurnMachine, assistant_prefix
+    from agreemate_lib.training.splits import project_role_splits
+
+    table, tok = smollm2_backend.table, smollm2_backend.tokenizer
+    prefix = tok.encode(assistant_prefix(True), add_special_tokens=False)
+    fmt = ReplyFormat(cot=True, max_utterance_tokens=400, max_reasoning_tokens=400, price_digits=(1, 8))
+    seen_null = seen_price = 0
+    for role, df in project_role_splits(str(data_dir / "craigslist_bargains"), 0).items():
+        if role == "generalist":
+            continue
+        for r in df[df.source == "craigslist"].head(25).itertuples():
+            for m, on in zip(json.loads(r.messages), json.loads(r.train_mask)):
+                if not on:
+                    continue
+                ids = tok.encode(m["content"], add_special_tokens=False)
+                assert ids[: len(prefix)] == prefix, m["content"][:40]
+                machine = TurnMachine(table, fmt)
+                for k, t in enumerate(ids[len(prefix):] + [table.eos_id]):
+                    allowed = machine.allowed()
+                    ok = allowed is None or (bool(allowed[t]) if hasattr(allowed, "shape") else t in allowed)
+                    assert ok, (m["content"], tok.decode(ids[: len(prefix) + k]), repr(table.strings[t]))
+                    machine.advance(t)
+                assert machine.done
+                price = json.loads(m["content"])["price"]
+                assert machine.fields["price"] == price
+                seen_null += price is None
+                seen_price += price is not None
+    assert seen_null > 20 and seen_price > 20
