@@ -60,6 +60,7 @@ class RowSampler:
         self.seeds, self.temperature, self.top_p = seeds, temperature, top_p
         self.candidates = candidates
         self.generators: list | None = None
+        self._per_row: tuple | None = None  # temperature and top-p columns on the scores' device, made once
         self.elapsed = 0.0
 
     @staticmethod
@@ -79,11 +80,12 @@ class RowSampler:
         import torch
 
         t0 = time.perf_counter()
+        dev = scores.device
         if self.generators is None:
             self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
-        dev = scores.device
-        temp = torch.tensor([max(t, 1e-5) for t in self.temperature], device=dev).unsqueeze(1)
-        top_p = torch.tensor(self.top_p, device=dev).unsqueeze(1)
+            self._per_row = (torch.tensor([max(t, 1e-5) for t in self.temperature], device=dev).unsqueeze(1),
+                             torch.tensor(self.top_p, device=dev).unsqueeze(1))
+        temp, top_p = self._per_row
         u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators]).to(dev).unsqueeze(1)
         probs = torch.softmax(scores.float() / temp, dim=-1)
         k = min(self.candidates, probs.shape[1])

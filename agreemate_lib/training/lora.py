@@ -327,8 +327,9 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                              target_modules=cfg.modules(), task_type="CAUSAL_LM"))
+    start_state = {k: v.to(torch.float32) for k, v in resumed["weights"].items()} if resumed else None
     if resumed:
-        set_peft_model_state_dict(model, {k: v.to(torch.float32) for k, v in resumed["weights"].items()})
+        set_peft_model_state_dict(model, start_state)
         log(f"resuming {resumed['folder']} (digest {resumed['digest']}): {resumed['steps']} steps, "
             f"{resumed['examples_seen']} examples seen")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -370,7 +371,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     offset = resumed["steps"] if resumed else 0
     curves, ema, tokens_seen = [], None, resumed["tokens"] if resumed else 0
     cursor = resumed["examples_seen"] if resumed else 0
-    best = {"loss": start_val, "step": offset - 1, "state": None}
+    # a resumed run keeps its starting weights when no step beats them
+    best = {"loss": start_val, "step": offset - 1, "state": start_state}
     stale, stop_reason = 0, "max_steps"
     model.train()
     for step in range(offset, cfg.max_steps):
@@ -427,8 +429,6 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
             break
     if best["state"] is not None:
         set_peft_model_state_dict(model, best["state"])
-    elif resumed:  # no step beat the resumed adapter: keep it as it was
-        set_peft_model_state_dict(model, {k: v.to(torch.float32) for k, v in resumed["weights"].items()})
     log(f"stopped: {stop_reason}; keeping step {best['step'] + 1}; final held-out evaluation on {len(val_all)} "
         "dialogues")
     tuned_all = sequence_losses(model, val_all, device, autocast)
