@@ -72,6 +72,9 @@ class RowSampler:
         before = torch.cumsum(probs, dim=-1) - probs  # the mass of the more likely tokens
         probs = probs.masked_fill((before > top_p) & (top_p < 1.0), 0.0)
         cdf = torch.cumsum(probs.double(), dim=-1)
+        bad = ~(cdf[:, -1] > 0)  # NaN scores (a numerical failure) or no token left: never a silent draw
+        if bool(bad.any()):
+            raise FloatingPointError(f"cannot sample: {int(bad.sum())} row(s) with no finite probability mass")
         # the first token whose cumulative probability exceeds u * total (a token of probability 0 never does)
         j = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
         return order.gather(1, j)

@@ -199,3 +199,18 @@ def test_the_machine_accepts_the_training_targets_token_by_token(smollm2_backend
                 seen_null += price is None
                 seen_price += price is not None
     assert seen_null > 20 and seen_price > 20
+
+
+def test_row_sampler_refuses_rows_without_finite_probabilities():
+    """NaN scores (a numerical failure in the model) raise, as torch.multinomial did, instead of drawing a token that
+    would then read as an ordinary reply."""
+    import torch
+
+    from agreemate_lib.backends.transformers_backend import RowSampler
+
+    scores = torch.randn((3, 50))
+    scores[1] = float("nan")
+    for top_p in (0.9, 1.0):  # the top-k path and the whole-vocabulary path
+        with pytest.raises(FloatingPointError, match="1 row"):
+            RowSampler([0, 1, 2], [0.7] * 3, [top_p] * 3, candidates=8)(None, scores.clone())
+    assert RowSampler([0, 1, 2], [0.7] * 3, [0.9] * 3)(None, torch.randn((3, 50))).shape == (3, 50)
