@@ -22,7 +22,7 @@ from agreemate_lib.backends.base import (
     GenerationSettings,
     request_seed,
 )
-from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS
+from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS, REPLY_KEYS
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -30,14 +30,14 @@ RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 def reply_schema(cot: bool, acts: tuple[str, ...] = (), max_chars: int = 240) -> dict:
     """JSON schema of the agent's reply, for servers' structured output (``response_format``). Free text is capped
     (``maxLength``, about 4 characters a token) so a grammar-constrained small model cannot ramble past max_tokens."""
-    props: dict = {}
-    if cot:
-        props["reasoning"] = {"type": "string", "maxLength": max_chars}
-    props |= {
+    kinds = {
+        "reasoning": {"type": "string", "maxLength": max_chars},
         "action": {"type": "string", "enum": list(acts or CHOOSABLE_ACTS)},
         "utterance": {"type": "string", "maxLength": max_chars},
         "price": {"type": ["number", "null"]},
     }
+    # in the order agents write them: grammar-constrained servers emit the properties in this order
+    props = {k: kinds[k] for k in (("reasoning",) if cot else ()) + REPLY_KEYS}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 

@@ -3,9 +3,11 @@
 The assistant turn is decoded through a small per-sequence state machine:
 
     {"reasoning": "<free text>",            (chain-of-thought agents only)
-     "action": "<one act of the vocabulary>",
      "utterance": "<free text>",
+     "action": "<one act of the vocabulary>",
      "price": <number | null>}
+
+(the keys in the order of ``vocabulary.REPLY_KEYS``: the words, then the act and price that label them).
 
 The act is chosen by the model among the vocabulary's token sequences (constrained decoding), the price is digits
 (or ``null`` where the act allows none), the free text is anything but quotes, backslashes, newlines and special
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from agreemate_lib.backends.base import ReplyFormat
-from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS, PRICED_ACTS
+from agreemate_lib.core.vocabulary import CHOOSABLE_ACTS, PRICED_ACTS, REPLY_KEYS
 
 #: Acts whose price is forced to null (they name no price).
 NULL_PRICE_ACTS = frozenset({"intro", "inquire", "accept", "reject", "quit"})
@@ -109,9 +111,16 @@ class TokenTable:
         return tid
 
 
+def reply_keys(cot: bool) -> tuple[str, ...]:
+    """The reply's keys in the order they are written."""
+    if REPLY_KEYS[-1] != "price" or REPLY_KEYS.index("action") > REPLY_KEYS.index("price"):
+        raise ValueError(f"REPLY_KEYS must end with price, after action: {REPLY_KEYS}")
+    return (("reasoning",) if cot else ()) + REPLY_KEYS
+
+
 def assistant_prefix(cot: bool) -> str:
     """What the assistant turn starts with; the machine continues from here."""
-    return '{"reasoning": "' if cot else '{"action": "'
+    return '{"' + reply_keys(cot)[0] + '": "'
 
 
 class TurnMachine:
@@ -127,13 +136,18 @@ class TurnMachine:
         self.done = False
         # A list of pending steps; each is (kind, arg).
         steps: list[tuple[str, object]] = []
-        if cot:
-            steps += [("text", ("reasoning", max_reasoning_tokens)), ("literal", '", "action": "')]
-        steps += [("choice", "action"), ("literal", '", "utterance": "')]
-        # the price starts right after '":' with ' null' or ' ' and digits, as the tokenizer encodes it (TokenTable)
-        price_literal = '", "price":' if table.space_id is not None else '", "price": '
-        steps += [("text", ("utterance", max_utterance_tokens)), ("literal", price_literal)]
-        steps += [("number", None), ("literal", "}"), ("eos", None)]
+        text_tokens = {"reasoning": max_reasoning_tokens, "utterance": max_utterance_tokens}
+        for k, key in enumerate(reply_keys(cot)):
+            if key == "price":
+                # the price starts right after '":' with ' null' or ' ' and digits, as the tokenizer encodes it
+                # (TokenTable); it is last, so the literal before it closes a string field
+                steps += [("literal", '", "price":' if table.space_id is not None else '", "price": '),
+                          ("number", None)]
+                continue
+            if k:  # the prefix (assistant_prefix) opens the first field
+                steps.append(("literal", f'", "{key}": "'))
+            steps.append(("choice", key) if key == "action" else ("text", (key, text_tokens[key])))
+        steps += [("literal", "}"), ("eos", None)]
         self.steps = steps
         self.pos = 0
         self._literal_left: str | None = None
@@ -203,7 +217,7 @@ class TurnMachine:
                 if len(seq) > n and seq[:n] == self._choice_tokens
             }
             if any(seq == self._choice_tokens for seq in self.choice_seqs.values()):
-                nxt.add(self.t.first_token('", "utterance": "'))
+                nxt.add(self.t.first_token(self.steps[self.pos + 1][1]))  # type: ignore[arg-type]
             return sorted(nxt)
         if kind == "text":
             name, max_tokens = arg  # type: ignore[misc]

@@ -129,20 +129,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import shutil
 
     from agreemate_lib.core.io import frame_version
-    from agreemate_lib.training.lora import LoraTrainConfig, train_lora
+    from agreemate_lib.training.lora import LoraTrainConfig, check_resume_data, train_lora
     from agreemate_lib.training.shipping import shipped_adapter_dir, write_manifest
     from agreemate_lib.training.splits import project_role_splits
 
     cfg = LoraTrainConfig(**json.loads(args.config)) if args.config else LoraTrainConfig()
     df = project_role_splits(args.data, args.seed)[args.role]
     cfg = cfg.resolved(seed=args.seed)
-    if cfg.resume_from:
-        from agreemate_lib.training.shipping import read_manifest
-
-        previous = read_manifest(cfg.resume_from) or {}
-        if previous.get("data_version") not in (None, frame_version(df)):
-            raise SystemExit(f"resume_from {cfg.resume_from} trained on data version {previous['data_version']}, "
-                             f"this data is {frame_version(df)}: resuming would not continue the same data order")
+    try:
+        check_resume_data(cfg, frame_version(df))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     m = train_lora(df[df["split"] == "train"], df[df["split"] == "validation"], args.out, cfg,
                    log=lambda s: print(s, flush=True))
     manifest = write_manifest(args.out, role=args.role, training_config=cfg.model_dump(),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agreemate_lib.core.money import format_money
+from agreemate_lib.core.vocabulary import REPLY_KEYS
 
 PERSONALITIES: dict[str, str] = {
     "": "",
@@ -61,15 +62,22 @@ def few_shot_examples(role: str, listing_price: float, cot: bool) -> list[dict[s
         thoughts = ["I should learn more before naming a price.", "Open well below my limit to leave room.",
                     "Concede a little, but stay near my target."]
         ex = [{"reasoning": t} | e for t, e in zip(thoughts, ex)]
-    return ex
+    return [ordered_reply(e) for e in ex]
+
+
+def ordered_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply's keys in the order agents write them (``reasoning`` first where present, then ``REPLY_KEYS``)."""
+    keys = (("reasoning",) if reply.get("reasoning") else ()) + REPLY_KEYS
+    return {k: reply.get(k) for k in keys}
 
 
 #: The part of every system prompt that does not depend on the agent or the listing. It comes first, so a local
 #: backend computes its keys and values once and every negotiation reuses them (see backends/prefix_cache.py).
 CONTRACT = (
     "You are haggling on Craigslist, one message at a time.\n"
-    "Reply with one JSON object and nothing else, with the keys {fields}\"action\", \"utterance\" and \"price\".\n"
-    "\"action\" is one of:\n"
+    "Reply with one JSON object and nothing else, with the keys {fields}"
+    + ", ".join(f'"{k}"' for k in REPLY_KEYS[:-1]) + f' and "{REPLY_KEYS[-1]}".\n'
+    + "\"action\" is one of:\n"
     "- intro: greet the other side\n"
     "- init-price: name your first price\n"
     "- offer: propose a price\n"
@@ -157,10 +165,7 @@ def build_messages(role: str, system: str, history: Sequence[dict[str, Any]], ma
             if t.get("raw"):  # the reply exactly as generated
                 msgs.append({"role": "assistant", "content": t["raw"]})
                 continue
-            reply = {k2: t[k2] for k2 in ("action", "utterance", "price")}
-            if t.get("reasoning"):
-                reply = {"reasoning": t["reasoning"]} | reply
-            msgs.append({"role": "assistant", "content": json.dumps(reply)})
+            msgs.append({"role": "assistant", "content": json.dumps(ordered_reply(t))})
         else:
             words = describe_other_turn(t["speaker"], t["action"], t["utterance"], t["price"])
             msgs.append({"role": "user", "content": words + "\n" + turn_note(max_turns - k - 1)})

@@ -16,7 +16,9 @@
   of them; 0 = all), with a bootstrap CI over dialogues for the reduction;
 - resuming (``resume_from``: an earlier run's folder): its adapter weights, its place in the data order, its step
   count (the learning-rate schedule goes on where it was; the optimizer's moments start afresh, so the first
-  ``warmup_steps`` warm up again) and its curves, so several wall-clock budgets add up to one longer training.
+  ``warmup_steps`` warm up again) and its curves, so several wall-clock budgets add up to one longer training;
+- starting from another adapter (``init_from``: its folder): its weights only, checked by digest; steps, data order
+  and curves start afresh (fine-tuning an adapter further on other data, e.g. after the reply contract changed).
 
 Saved as a peft adapter (``adapter_model.safetensors`` in bf16 + ``adapter_config.json``) with
 ``training_config.json``, ``metrics.json`` and ``curves.parquet``.
@@ -75,6 +77,7 @@ class LoraTrainConfig(BaseModel):
     seed: int = 0
     train_examples: int = 0  # 0: all
     resume_from: str = ""  # an earlier run's folder (adapter, manifest.json or metrics.json, curves.parquet)
+    init_from: str = ""  # an adapter folder whose weights start this run (relative paths: to the repository too)
 
     @classmethod
     def full(cls) -> LoraTrainConfig:
@@ -253,12 +256,17 @@ def reproduction_stages(manifest: dict) -> list[LoraTrainConfig]:
     """The runs that rebuild a shipped adapter, oldest first: its own config and, for a resumed adapter, each run of
     the chain it resumed (``manifest['previous']``), each for exactly the steps it ran (a wall-clock budget depends
     on the machine's speed, a step count does not). Every stage after the first resumes from the one before it: the
-    caller sets ``resume_from`` to where that stage's output went."""
+    caller sets ``resume_from`` to where that stage's output went. A run started from another adapter's weights
+    (``init_from``) is the first stage: those weights (checked by digest) are its input, the runs that made them are
+    not repeated."""
     chain = []
     m: dict | None = manifest
     while m is not None:
         chain.append(m)
         m = m.get("previous")
+    # a run started from another adapter's weights (init_from) is where the chain starts: those weights are its input
+    first = next((k for k, m in enumerate(chain) if m["training_config"].get("init_from")), len(chain) - 1)
+    chain = chain[: first + 1]
     stages, done = [], 0
     for m in reversed(chain):
         steps = int(m["metrics"]["steps"])
@@ -272,14 +280,41 @@ def reproduction_stages(manifest: dict) -> list[LoraTrainConfig]:
     return stages
 
 
+def check_resume_data(cfg: LoraTrainConfig, data_version: str) -> None:
+    """A resumed run must train on the data its earlier run trained on (its place in the data order would not carry
+    over otherwise); ``init_from`` exists for starting from an adapter trained on other data."""
+    from agreemate_lib.training.shipping import read_manifest
+
+    if not cfg.resume_from:
+        return
+    previous = read_manifest(run_folder(cfg.resume_from)) or {}
+    if previous.get("data_version") not in (None, data_version):
+        raise ValueError(f"resume_from {cfg.resume_from} trained on data version {previous['data_version']}, this "
+                         f"data is {data_version}: resuming would not continue the same data order (init_from starts "
+                         "from its weights instead)")
+
+
+def run_folder(path: str | Path) -> Path:
+    """An earlier run's folder as a config names it: as given, else relative to the repository (shipped adapters)."""
+    from agreemate_lib.core.settings import repo_root
+
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    return repo_root() / p if (repo_root() / p).exists() else p
+
+
 def resume_state(folder: str | Path) -> dict:
     """What a resumed run continues from: the earlier run's adapter weights (checked against its manifest's digest),
-    how many steps and examples it ran, its curves, and its manifest (kept in the new one as ``previous``)."""
+    how many steps and examples it ran, its curves, and its manifest (kept in the new one as ``previous``). A run
+    started from another adapter (``init_from``) takes only the weights and digest from here."""
     from safetensors.torch import load_file
 
     from agreemate_lib.training.shipping import read_manifest, verify_adapter
 
-    folder = Path(folder)
+    folder = run_folder(folder)
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"no adapter to start from in {folder} (adapter_model.safetensors missing)")
     digest = verify_adapter(folder)
     manifest = read_manifest(folder)
     metrics = manifest["metrics"] if manifest else json.loads((folder / "metrics.json").read_text())
@@ -313,7 +348,10 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
+    if cfg.resume_from and cfg.init_from:
+        raise ValueError("resume_from and init_from exclude each other: resume a run, or start from an adapter")
     resumed = resume_state(cfg.resume_from) if cfg.resume_from else None  # a changed adapter fails here, early
+    init = resume_state(cfg.init_from) if cfg.init_from else None
     tok, model, quant, note = load_base(cfg, device)
     if note:
         log(note)
@@ -327,11 +365,15 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                              target_modules=cfg.modules(), task_type="CAUSAL_LM"))
-    start_state = {k: v.to(torch.float32) for k, v in resumed["weights"].items()} if resumed else None
-    if resumed:
+    warm = resumed or init
+    start_state = {k: v.to(torch.float32) for k, v in warm["weights"].items()} if warm else None
+    if warm:
         set_peft_model_state_dict(model, start_state)
+    if resumed:
         log(f"resuming {resumed['folder']} (digest {resumed['digest']}): {resumed['steps']} steps, "
             f"{resumed['examples_seen']} examples seen")
+    elif init:
+        log(f"starting from the adapter in {init['folder']} (digest {init['digest']})")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     from agreemate_lib.backends.models import bf16_supported
 
@@ -359,9 +401,9 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     with model.disable_adapter():
         base_losses = sequence_losses(model, val_ex, device, autocast)
     base_val = mean_loss(base_losses)
-    start_val = mean_loss(sequence_losses(model, val_ex, device, autocast)) if resumed else base_val
-    if resumed:
-        log(f"the resumed adapter's validation loss: {start_val:.4f}")
+    start_val = mean_loss(sequence_losses(model, val_ex, device, autocast)) if warm else base_val
+    if warm:
+        log(f"the starting adapter's validation loss: {start_val:.4f}")
     log(f"base model validation loss {base_val:.4f} on {len(val_ex)} dialogues; {len(train_ex)} training dialogues, "
         f"{sum(sum(x != -100 for x in e['labels']) for e in train_ex)} target tokens")
 
@@ -371,7 +413,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     offset = resumed["steps"] if resumed else 0
     curves, ema, tokens_seen = [], None, resumed["tokens"] if resumed else 0
     cursor = resumed["examples_seen"] if resumed else 0
-    # a resumed run keeps its starting weights when no step beats them
+    # a resumed or initialized run keeps its starting weights when no step beats them
     best = {"loss": start_val, "step": offset - 1, "state": start_state}
     stale, stop_reason = 0, "max_steps"
     model.train()
@@ -465,6 +507,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     if resumed:
         metrics |= {"resumed_from_digest": resumed["digest"], "resumed_at_step": offset,
                     "resumed_validation_loss": start_val}
+    if init:
+        metrics |= {"initialized_from_digest": init["digest"], "initial_validation_loss": start_val}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "training_config.json").write_text(json.dumps(cfg.model_dump(), indent=2))
     return metrics

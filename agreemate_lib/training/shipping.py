@@ -44,15 +44,19 @@ def adapter_digest(folder: str | Path) -> str:
 def write_manifest(folder: str | Path, *, role: str, training_config: dict, data_version: str, metrics: dict,
                    tagger: dict | None = None) -> dict:
     """Writes ``manifest.json``. A resumed run's manifest keeps the run it resumed as ``previous`` (its own
-    manifest, read from ``training_config['resume_from']``), so the whole chain of budgets stays on record."""
+    manifest, read from ``training_config['resume_from']``), so the whole chain of budgets stays on record; so does a
+    run started from another adapter (``init_from``)."""
     folder = Path(folder)
     manifest = {"role": role, "base_model": training_config.get("model"), "digest": adapter_digest(folder),
                 "data_version": data_version, "training_config": training_config, "metrics": metrics,
                 "size_bytes": (folder / ADAPTER_FILES[0]).stat().st_size}
     if tagger is not None:
         manifest["tagger"] = tagger
-    if training_config.get("resume_from"):
-        previous = read_manifest(training_config["resume_from"])
+    start = training_config.get("resume_from") or training_config.get("init_from")
+    if start:  # a resumed run, or one started from another adapter's weights
+        from agreemate_lib.training.lora import run_folder
+
+        previous = read_manifest(run_folder(start))
         if previous is not None:
             manifest["previous"] = previous
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -26,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from agreemate_lib.core.money import format_money
-from agreemate_lib.core.vocabulary import PRICED_ACTS
-from agreemate_lib.negotiation.prompts import build_messages, system_prompt
+from agreemate_lib.core.vocabulary import PRICED_ACTS, REPLY_KEYS
+from agreemate_lib.negotiation.prompts import build_messages, ordered_reply, system_prompt
 
 ROLES = ("buyer", "seller", "generalist")
 
@@ -249,7 +249,8 @@ def dond_frame(paths: list[str | Path]) -> pd.DataFrame:
                                   zip(("books", "hats", "balls"), nums[0::2], nums[1::2]))
                 sys = ("You are splitting a set of items with another person; each of you values them differently. "
                        f"There are {items or 'some items'} to you. Reply with one JSON object with the keys "
-                       "\"reasoning\", \"action\", \"utterance\" and \"price\" (always null here).")
+                       + ", ".join(f'"{k}"' for k in ("reasoning", *REPLY_KEYS[:-1])) + f' and "{REPLY_KEYS[-1]}" '
+                       "(always null here).")
                 msgs, flags = [{"role": "system", "content": sys}], [False]
                 if parsed and parsed[0][1] != role:
                     pass
@@ -261,8 +262,8 @@ def dond_frame(paths: list[str | Path]) -> pd.DataFrame:
                     if r == role:
                         thought = ("We agreed on a split." if action == "accept" else "We could not agree; no deal."
                                    if action == "reject" else "I state what I want and see what they value.")
-                        msgs.append({"role": "assistant", "content": json.dumps(
-                            {"reasoning": thought, "action": action, "utterance": utt, "price": None})})
+                        msgs.append({"role": "assistant", "content": json.dumps(ordered_reply(
+                            {"reasoning": thought, "action": action, "utterance": utt, "price": None}))})
                         flags.append(True)
                         actions.append(action)
                     else:

@@ -258,17 +258,23 @@ def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path):
 
 
 def test_reproducing_the_shipped_adapter_uses_its_manifest():
-    """One run per budget the shipped adapter was trained over (its manifest chain), each for the steps it ran."""
+    """One run per budget the shipped adapter was trained over (its manifest chain, back to the run that started
+    from another adapter's weights, which are shipped beside it), each for the steps it ran."""
     from agreemate_assets.defs.training.assets import AdapterTraining, training_configs
-    from agreemate_lib.training.shipping import read_manifest, shipped_adapter_dir
+    from agreemate_lib.training.lora import run_folder
+    from agreemate_lib.training.shipping import adapter_digest, read_manifest, shipped_adapter_dir
 
     chain = [read_manifest(shipped_adapter_dir("smollm2", "buyer"))]
-    while chain[-1].get("previous"):
+    while chain[-1].get("previous") and not chain[-1]["training_config"].get("init_from"):
         chain.append(chain[-1]["previous"])
     stages = training_configs(AdapterTraining(reproduce_shipped=True), "buyer", seed=0)
     assert len(stages) == len(chain)
     skip = ("max_steps", "max_minutes", "resume_from")
     for cfg, m in zip(stages, reversed(chain)):
         assert cfg.max_steps == m["metrics"]["steps"] and cfg.max_minutes == 0  # steps, not the machine's speed
-        assert cfg.model_dump(exclude=set(skip)) == {k: v for k, v in m["training_config"].items() if k not in skip}
+        dumped = cfg.model_dump()
+        assert {k: dumped[k] for k in m["training_config"] if k not in skip} == {
+            k: v for k, v in m["training_config"].items() if k not in skip}
+    if stages[0].init_from:  # the starting weights are in the repository, as the manifest recorded them
+        assert adapter_digest(run_folder(stages[0].init_from)) == chain[-1]["previous"]["digest"]
     assert training_configs(AdapterTraining(), "buyer", seed=3)[0].seed == 3

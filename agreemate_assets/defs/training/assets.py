@@ -42,7 +42,8 @@ class AdapterTraining(LoraTrainConfig, Config):
     a role on 2 CPU cores; ``preset: full`` = paper scale on a GPU), plus ``reproduce_shipped``: train with the
     shipped adapter's own config from its manifest, for exactly the steps it ran (its wall-clock budget, which
     depends on the machine's speed, replaced by that step count); an adapter trained over several budgets (resumed
-    runs) is rebuilt run by run, each resuming the one before."""
+    runs) is rebuilt run by run, each resuming the one before, from the run that started from another adapter's
+    weights (``init_from``, shipped beside it) or from the base model."""
 
     reproduce_shipped: bool = False
 
@@ -154,7 +155,7 @@ def role_split_checks(**splits: pd.DataFrame):
 def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_store: ResultsStore,
                   config: AdapterTraining, **splits: pd.DataFrame):
     from agreemate_lib.core.io import frame_version
-    from agreemate_lib.training.lora import train_lora
+    from agreemate_lib.training.lora import check_resume_data, train_lora
     from agreemate_lib.training.shipping import compare_with_shipped, shipped_adapter_dir, write_manifest
 
     role = context.partition_key
@@ -165,6 +166,7 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_
     for k, cfg in enumerate(stages):
         if previous is not None:
             cfg = cfg.model_copy(update={"resume_from": str(previous)})
+        check_resume_data(cfg, frame_version(df))
         last = k == len(stages) - 1
         dest = out if last else out.parent / f"{out.name}.run{k + 1}"
         if len(stages) > 1:

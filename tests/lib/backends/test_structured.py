@@ -5,6 +5,7 @@ import json
 import pytest
 
 from agreemate_lib.backends.base import ChatRequest, GenerationSettings, ReplyFormat
+from agreemate_lib.core.vocabulary import REPLY_KEYS
 from agreemate_lib.negotiation.parsing import parse_turn
 
 pytestmark = pytest.mark.slow
@@ -20,7 +21,7 @@ def test_sampled_replies_are_valid_json_with_vocabulary_acts(smollm2_backend):
     outs = smollm2_backend.generate(reqs, GenerationSettings(temperature=1.0, seed=5))
     for c in outs:
         obj = json.loads(c.text)  # valid JSON, always
-        assert list(obj) == ["action", "utterance", "price"]
+        assert tuple(obj) == REPLY_KEYS  # in the contract's order: the words, then the act and price
         t = parse_turn(c.text)
         assert t.ok and t.action_known and c.structured, c.text
         assert c.tokens_out <= 20 + 40

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from agreemate_lib.core.money import format_money
+from agreemate_lib.core.vocabulary import REPLY_KEYS
 from agreemate_lib.training.lora import (
     LoraTrainConfig,
     ema_update,
@@ -14,6 +15,7 @@ from agreemate_lib.training.lora import (
     example_loss,
     lr_multiplier,
     perplexity_reduction,
+    reproduction_stages,
     train_lora,
 )
 from agreemate_lib.training.splits import (
@@ -55,7 +57,7 @@ def test_role_splits_cover_every_dialogue_with_text(splits):
                 if on:  # targets are the role's own turns, as the JSON the agents emit
                     assert m["role"] == "assistant"
                     reply = json.loads(m["content"])
-                    assert list(reply) == ["reasoning", "action", "utterance", "price"]
+                    assert list(reply) == ["reasoning", *REPLY_KEYS]  # as the agents write it
                     assert reply["action"] != "unknown" and reply["reasoning"] not in ("", "None")
     train, val = (set(g.loc[g.split == s, "listing_key"]) for s in ("train", "validation"))
     assert train and val and not (train & val)  # validation holds out whole listings
@@ -292,14 +294,27 @@ def test_a_resumed_run_continues_the_weights_data_position_and_schedule(splits, 
     curves = pd.read_parquet(tmp_path / "second" / "curves.parquet")
     assert curves["step"].tolist() == [0, 1, 2, 3]
     assert manifest["previous"]["digest"] == adapter_digest(tmp_path / "first")
+    # starting from an adapter (init_from) takes its weights only: steps, data order and curves start afresh
+    started = cfg.model_copy(update={"max_steps": 1, "init_from": str(tmp_path / "second")})
+    third = train_lora(train, val, tmp_path / "started", started, log=lambda *_: None)
+    m3 = write_manifest(tmp_path / "started", role="seller", training_config=started.model_dump(),
+                        data_version="w", metrics=third)
+    assert abs(third["initial_validation_loss"] - second["validation_loss"]) < 0.02
+    assert third["initialized_from_digest"] == adapter_digest(tmp_path / "second") == m3["previous"]["digest"]
+    assert third["steps"] == 1 and third["examples_seen"] == 1 and "resumed_at_step" not in third
+    assert pd.read_parquet(tmp_path / "started" / "curves.parquet")["step"].tolist() == [0]
+    assert [(c.max_steps, c.init_from) for c in reproduction_stages(m3)] == [(1, str(tmp_path / "second"))]
+    with pytest.raises(ValueError, match="exclude each other"):
+        train_lora(train, val, tmp_path / "both", more.model_copy(update={"init_from": str(tmp_path / "first")}))
     (tmp_path / "first" / "adapter_model.safetensors").write_bytes(b"changed")
     with pytest.raises(AdapterDigestError):
         train_lora(train, val, tmp_path / "third", more, log=lambda *_: None)
+    with pytest.raises(AdapterDigestError):
+        train_lora(train, val, tmp_path / "third", started.model_copy(update={"init_from": str(tmp_path / "first")}),
+                   log=lambda *_: None)
 
 
 def test_reproduction_stages_follow_the_manifest_chain():
-    from agreemate_lib.training.lora import reproduction_stages
-
     first = {"training_config": {"max_minutes": 85.0, "lr": 1e-3}, "metrics": {"steps": 82}}
     second = {"training_config": {"max_minutes": 85.0, "lr": 1e-3, "resume_from": "/tmp/x"},
               "metrics": {"steps": 160, "resumed_at_step": 82}, "previous": first}
@@ -307,3 +322,9 @@ def test_reproduction_stages_follow_the_manifest_chain():
     assert [(c.max_steps, c.max_minutes, c.resume_from) for c in stages] == [(82, 0.0, ""), (160, 0.0, "")]
     with pytest.raises(ValueError, match="chain is broken"):
         reproduction_stages(second | {"metrics": {"steps": 160, "resumed_at_step": 80}})
+    # a run started from another adapter's weights begins the chain: the runs that made those weights are not rerun
+    started = {"training_config": {"max_minutes": 60.0, "init_from": "adapters/x/start"}, "metrics": {"steps": 40},
+               "previous": second}
+    third = {"training_config": {"max_minutes": 60.0, "resume_from": "/tmp/y"},
+             "metrics": {"steps": 70, "resumed_at_step": 40}, "previous": started}
+    assert [(c.max_steps, c.init_from) for c in reproduction_stages(third)] == [(40, "adapters/x/start"), (70, "")]
