@@ -32,8 +32,8 @@ ENDING_ACTS: frozenset[str] = frozenset({"accept", "reject", "quit"})
 #: The keys of an agent's reply, in the order it writes them (after ``reasoning`` for chain-of-thought agents); the
 #: decoder, the prompts, the training targets and the schema sent to servers all follow it. ``price`` comes last,
 #: after ``action`` (the act decides whether a price may be null). Words first, ("utterance", "action", "price"),
-#: was measured and not kept: adapters retrained for it contradicted their price field as often (0.44 against 0.50
-#: of the negotiations on 40 held-out listings) and negotiated worse (docs/finetuning_and_probing.md).
+#: was measured and not kept: adapters retrained for it contradicted their price field about as often as the
+#: act-first ones (0.44 against 0.50 on 40 held-out listings) and negotiated worse (docs/finetuning_and_probing.md).
 REPLY_KEYS: tuple[str, ...] = ("action", "utterance", "price")
 
 #: Acts an agent may choose from when generating (``unknown`` is what parsing falls back to, never a choice).

@@ -42,8 +42,8 @@ class AdapterTraining(LoraTrainConfig, Config):
     a role on 2 CPU cores; ``preset: full`` = paper scale on a GPU), plus ``reproduce_shipped``: train with the
     shipped adapter's own config from its manifest, for exactly the steps it ran (its wall-clock budget, which
     depends on the machine's speed, replaced by that step count); an adapter trained over several budgets (resumed
-    runs) is rebuilt run by run, each resuming the one before, from the run that started from another adapter's
-    weights (``init_from``, shipped beside it) or from the base model."""
+    runs) is rebuilt run by run, each resuming the one before, from the base model or, where the chain began with a
+    run started from another adapter (``init_from``), from that adapter's weights (checked by digest)."""
 
     reproduce_shipped: bool = False
 
