@@ -165,15 +165,22 @@ def test_row_sampler_finds_the_same_nucleus_among_candidates_as_over_the_whole_v
     assert paths == {True, False}  # both the shortcut and the whole sort were taken
 
 
-def test_the_machine_accepts_the_training_targets_token_by_token(smollm2_backend, data_dir):
+@pytest.mark.parametrize("keys", [REPLY_KEYS, ("utterance", "action", "price")])
+def test_the_machine_accepts_the_training_targets_token_by_token(smollm2_backend, data_dir, keys, monkeypatch):
     """Every token of the tokenizer's own encoding of real training targets (buyer and seller, null and numeric
     prices, every act) is allowed by the machine when it comes: the decoder never forces a tokenization the adapters
     never saw. (It once forced '": ' + 'null', where the training text is '":' + ' null', so a fine-tuned agent
-    almost never wrote null and every inform carried a price.)"""
+    almost never wrote null and every inform carried a price.) Also with the words before the act: the order is one
+    setting (``REPLY_KEYS``) that targets and decoder both follow."""
     import json
 
+    from agreemate_lib.backends import structured
     from agreemate_lib.backends.structured import TurnMachine, assistant_prefix
+    from agreemate_lib.negotiation import prompts
     from agreemate_lib.training.splits import project_role_splits
+
+    monkeypatch.setattr(structured, "REPLY_KEYS", keys)
+    monkeypatch.setattr(prompts, "REPLY_KEYS", keys)
 
     table, tok = smollm2_backend.table, smollm2_backend.tokenizer
     prefix = tok.encode(assistant_prefix(True), add_special_tokens=False)
@@ -195,8 +202,10 @@ def test_the_machine_accepts_the_training_targets_token_by_token(smollm2_backend
                     assert ok, (m["content"], tok.decode(ids[: len(prefix) + k]), repr(table.strings[t]))
                     machine.advance(t)
                 assert machine.done
-                price = json.loads(m["content"])["price"]
-                assert machine.fields["price"] == price
+                target = json.loads(m["content"])
+                assert tuple(target)[1:] == keys  # after the reasoning
+                price = target["price"]
+                assert machine.fields["price"] == price and machine.fields["action"] == target["action"]
                 seen_null += price is None
                 seen_price += price is not None
     assert seen_null > 20 and seen_price > 20
