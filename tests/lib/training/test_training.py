@@ -312,6 +312,9 @@ def test_a_resumed_run_continues_the_weights_data_position_and_schedule(splits, 
     with pytest.raises(AdapterDigestError):
         train_lora(train, val, tmp_path / "third", started.model_copy(update={"init_from": str(tmp_path / "first")}),
                    log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="no adapter to start from"):
+        train_lora(train, val, tmp_path / "third", started.model_copy(update={"init_from": str(tmp_path / "none")}),
+                   log=lambda *_: None)
 
 
 def test_reproduction_stages_follow_the_manifest_chain():
