@@ -258,8 +258,9 @@ def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path):
 
 
 def test_reproducing_the_shipped_adapter_uses_its_manifest():
-    """One run per budget the shipped adapter was trained over (its manifest chain, back to the run that started
-    from another adapter's weights, which are shipped beside it), each for the steps it ran."""
+    """One run per budget the shipped adapter was trained over (its manifest chain, back to the base model or to a
+    run that started from another adapter's weights, which the manifest names by path and digest), each for the
+    steps it ran."""
     from agreemate_assets.defs.training.assets import AdapterTraining, training_configs
     from agreemate_lib.training.lora import run_folder
     from agreemate_lib.training.shipping import adapter_digest, read_manifest, shipped_adapter_dir
