@@ -3,11 +3,11 @@
 The assistant turn is decoded through a small per-sequence state machine:
 
     {"reasoning": "<free text>",            (chain-of-thought agents only)
-     "utterance": "<free text>",
      "action": "<one act of the vocabulary>",
+     "utterance": "<free text>",
      "price": <number | null>}
 
-(the keys in the order of ``vocabulary.REPLY_KEYS``: the words, then the act and price that label them).
+(the keys after ``reasoning`` in the order of ``vocabulary.REPLY_KEYS``; ``price`` last, after ``action``).
 
 The act is chosen by the model among the vocabulary's token sequences (constrained decoding), the price is digits
 (or ``null`` where the act allows none), the free text is anything but quotes, backslashes, newlines and special

@@ -304,18 +304,28 @@ def run_folder(path: str | Path) -> Path:
     return repo_root() / p if (repo_root() / p).exists() else p
 
 
-def resume_state(folder: str | Path) -> dict:
-    """What a resumed run continues from: the earlier run's adapter weights (checked against its manifest's digest),
-    how many steps and examples it ran, its curves, and its manifest (kept in the new one as ``previous``). A run
-    started from another adapter (``init_from``) takes only the weights and digest from here."""
+def start_weights(folder: str | Path) -> dict:
+    """The adapter weights a run starts from (``init_from``, and the first part of :func:`resume_state`): the folder,
+    its digest (checked against its manifest where it has one) and the weights. A folder without a manifest (an
+    adapter trained elsewhere) is still named by its digest."""
     from safetensors.torch import load_file
 
-    from agreemate_lib.training.shipping import read_manifest, verify_adapter
+    from agreemate_lib.training.shipping import adapter_digest, verify_adapter
 
     folder = run_folder(folder)
     if not (folder / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(f"no adapter to start from in {folder} (adapter_model.safetensors missing)")
-    digest = verify_adapter(folder)
+    digest = verify_adapter(folder) or adapter_digest(folder)
+    return {"folder": str(folder), "digest": digest, "weights": load_file(str(folder / "adapter_model.safetensors"))}
+
+
+def resume_state(folder: str | Path) -> dict:
+    """What a resumed run continues from: the earlier run's adapter weights (:func:`start_weights`), how many steps
+    and examples it ran, its curves, and its manifest (kept in the new one as ``previous``)."""
+    from agreemate_lib.training.shipping import read_manifest
+
+    start = start_weights(folder)
+    folder = Path(start["folder"])
     manifest = read_manifest(folder)
     metrics = manifest["metrics"] if manifest else json.loads((folder / "metrics.json").read_text())
     if "examples_seen" in metrics:
@@ -323,10 +333,10 @@ def resume_state(folder: str | Path) -> dict:
     else:  # runs before examples_seen was recorded: the epochs they ran over their training dialogues
         seen = round(metrics["epochs"] * metrics["train_dialogues"])
     curves = folder / "curves.parquet"
-    return {"folder": str(folder), "digest": digest, "weights": load_file(str(folder / "adapter_model.safetensors")),
-            "steps": int(metrics["steps"]), "examples_seen": seen, "train_dialogues": int(metrics["train_dialogues"]),
-            "curves": pd.read_parquet(curves) if curves.is_file() else pd.DataFrame(), "manifest": manifest,
-            "wall_s": float(metrics.get("wall_s", 0.0)), "tokens": int(metrics.get("tokens", 0))}
+    return start | {
+        "steps": int(metrics["steps"]), "examples_seen": seen, "train_dialogues": int(metrics["train_dialogues"]),
+        "curves": pd.read_parquet(curves) if curves.is_file() else pd.DataFrame(), "manifest": manifest,
+        "wall_s": float(metrics.get("wall_s", 0.0)), "tokens": int(metrics.get("tokens", 0))}
 
 
 def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Path,
@@ -351,7 +361,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     if cfg.resume_from and cfg.init_from:
         raise ValueError("resume_from and init_from exclude each other: resume a run, or start from an adapter")
     resumed = resume_state(cfg.resume_from) if cfg.resume_from else None  # a changed adapter fails here, early
-    init = resume_state(cfg.init_from) if cfg.init_from else None
+    init = start_weights(cfg.init_from) if cfg.init_from else None
     tok, model, quant, note = load_base(cfg, device)
     if note:
         log(note)

@@ -304,6 +304,13 @@ def test_a_resumed_run_continues_the_weights_data_position_and_schedule(splits, 
     assert third["steps"] == 1 and third["examples_seen"] == 1 and "resumed_at_step" not in third
     assert pd.read_parquet(tmp_path / "started" / "curves.parquet")["step"].tolist() == [0]
     assert [(c.max_steps, c.init_from) for c in reproduction_stages(m3)] == [(1, str(tmp_path / "second"))]
+    # an adapter trained elsewhere (peft files only, no manifest or metrics) starts a run too, named by its digest
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (tmp_path / "elsewhere" / name).write_bytes((tmp_path / "second" / name).read_bytes())
+    bare = train_lora(train, val, tmp_path / "bare",
+                      started.model_copy(update={"init_from": str(tmp_path / "elsewhere")}), log=lambda *_: None)
+    assert bare["initialized_from_digest"] == adapter_digest(tmp_path / "second")
     with pytest.raises(ValueError, match="exclude each other"):
         train_lora(train, val, tmp_path / "both", more.model_copy(update={"init_from": str(tmp_path / "first")}))
     (tmp_path / "first" / "adapter_model.safetensors").write_bytes(b"changed")
