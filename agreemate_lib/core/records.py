@@ -32,6 +32,8 @@ class Turn:
     action: str
     utterance: str
     price: float | None = None
+    #: The price was read from the words by the parser (the reply's price field was empty), not stated in a field.
+    price_from_words: bool = False
     reasoning: str | None = None
     raw_output: str = ""
     parse_ok: bool = True
@@ -128,8 +130,8 @@ class Negotiation:
 
 TURN_COLUMNS = (
     "negotiation_id", "buyer_id", "seller_id", "scenario_id", "turn_index", "speaker", "action", "utterance", "price",
-    "reasoning", "raw_output", "parse_ok", "action_known", "error", "retries", "structured", "tokens_in",
-    "tokens_out", "outcome", "accepted_price",
+    "price_from_words", "reasoning", "raw_output", "parse_ok", "action_known", "error", "retries", "structured",
+    "tokens_in", "tokens_out", "outcome", "accepted_price",
 )
 
 
@@ -191,6 +193,7 @@ def frame_to_negotiations(df) -> list[Negotiation]:
                 action=r["action"],
                 utterance=r["utterance"] or "",
                 price=None if pd.isna(r["price"]) else float(r["price"]),
+                price_from_words=bool(r.get("price_from_words", False)),
                 reasoning=val(r.get("reasoning")),
                 raw_output=r.get("raw_output") or "",
                 parse_ok=bool(r["parse_ok"]),

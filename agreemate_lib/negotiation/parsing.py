@@ -27,6 +27,8 @@ class ParsedTurn:
     action_known: bool = True
     #: The action string as the model wrote it.
     raw_action: str | None = None
+    #: The price was read from the words (a priced act whose price field was empty), not written in a price field.
+    price_from_words: bool = False
 
 
 _FENCE_RE = re.compile(r"```(?:json|JSON|python)?\s*(.*?)```", re.DOTALL)
@@ -181,8 +183,10 @@ def parse_turn(raw_text: str) -> ParsedTurn:
         price = parse_price(fields.get("price"))
     except PriceError as exc:
         error = str(exc)
+    from_words = False
     if price is None and error is None and action in PRICED_ACTS:
         price = price_from_utterance(utterance)
+        from_words = price is not None
     ok = error is None
     if truncated:  # "... Would you take 2" is not an offer of $2: a cut-off reply is unusable
         ok, error, price = False, "reply cut off before its JSON object closed", None
@@ -201,4 +205,5 @@ def parse_turn(raw_text: str) -> ParsedTurn:
         error=error,
         action_known=known,
         raw_action=None if raw_action is None else str(raw_action),
+        price_from_words=from_words and price is not None,
     )

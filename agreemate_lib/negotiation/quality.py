@@ -5,11 +5,14 @@ Blocking (a partition that fails is not scored):
 - ``error_rate``: negotiations that ended in an error (no reply from a backend), over negotiations;
 - ``parse_failure_rate``: turns whose reply was unusable after the re-asks, over turns;
 - ``unknown_action_rate``: turns with an act outside the vocabulary, over turns;
-- ``implausible_price_rate``: priced turns whose price is outside ``price_band`` times the listing price;
+- ``implausible_price_rate``: priced turns whose price the parser read from the words (the reply's price field was
+  empty) and which lies outside ``price_band`` times the listing price, over priced turns: a year or a model number
+  taken for a price;
 - ``accepted_not_offered``: deals whose price the other side never proposed (the runner should make this
   impossible: it guards the invariant).
-Behaviour (warn): deals a side should not have made: the buyer paying more than the listing price, the seller
-selling below its bottom line.
+Behaviour (warn): what the model chose, scored as it is: a price it stated in its price field outside
+``price_band`` (``implausible_stated_price_rate``: "$1" for a $290 bed is a bad offer, not a fault), and deals a side
+should not have made: the buyer paying more than the listing price, the seller selling below its bottom line.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ class QualityThresholds:
 
 THRESHOLDS = QualityThresholds()
 
-EXAMPLE_COLUMNS = ["negotiation_id", "turn_index", "speaker", "action", "price", "listing_price", "outcome",
-                   "accepted_price", "utterance", "error"]
+EXAMPLE_COLUMNS = ["negotiation_id", "turn_index", "speaker", "action", "price", "price_from_words", "listing_price",
+                   "outcome", "accepted_price", "utterance", "error"]
 
 
 @dataclass
@@ -85,6 +88,9 @@ def transcript_findings(turns: pd.DataFrame, t: QualityThresholds = THRESHOLDS) 
     priced = scored[scored["price"].notna()]
     ratio = priced["price"] / priced["listing_price"]
     implausible = priced[(ratio < t.price_band[0]) | (ratio > t.price_band[1])]
+    from_words = (implausible["price_from_words"].astype(bool) if "price_from_words" in implausible
+                  else pd.Series(True, index=implausible.index))  # tables from before the column: as before
+    misread, stated = implausible[from_words], implausible[~from_words]
     deals = negs[negs["outcome"] == "accepted"]
     overpaid = deals[deals["accepted_price"] > deals["listing_price"] + 1e-9]
     if "seller_reservation" in deals:
@@ -100,9 +106,11 @@ def transcript_findings(turns: pd.DataFrame, t: QualityThresholds = THRESHOLDS) 
                           if "backend_error" in turns else errors)),
         Finding("parse_failure_rate", len(failed) / n_turns, t.max_parse_failure_rate, True, _examples(failed)),
         Finding("unknown_action_rate", len(unknown) / n_turns, t.max_unknown_action_rate, True, _examples(unknown)),
-        Finding("implausible_price_rate", len(implausible) / max(1, len(priced)), t.max_implausible_price_rate, True,
-                _examples(implausible)),
+        Finding("implausible_price_rate", len(misread) / max(1, len(priced)), t.max_implausible_price_rate, True,
+                _examples(misread)),
         Finding("accepted_not_offered", float(len(unoffered)), 0.0, True, _examples(unoffered)),
+        Finding("implausible_stated_price_rate", len(stated) / max(1, len(priced)), t.max_implausible_price_rate,
+                False, _examples(stated)),
         Finding("buyer_paid_above_listing", float(len(overpaid)), 0.0, False, _examples(overpaid)),
         Finding("seller_sold_below_bottom_line", float(len(underpriced)), 0.0, False, _examples(underpriced)),
     ]

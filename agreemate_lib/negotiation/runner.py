@@ -116,6 +116,7 @@ def _make_turn(index: int, speaker: str, parsed, info: dict[str, Any]) -> Turn:
         action=parsed.action,
         utterance=parsed.utterance,
         price=parsed.price,
+        price_from_words=parsed.price_from_words,
         reasoning=parsed.reasoning,
         raw_output=info["raw"],
         parse_ok=parsed.ok,

@@ -135,6 +135,38 @@ def test_overpaying_buyer_warns_but_is_scored(env):
     assert list(_metrics(study)["pair"]) == ["overpay+rb-a"]
 
 
+def test_a_price_misread_from_the_words_blocks_a_stated_one_warns(env):
+    """A server whose offer leaves the price field empty and names a model number in its words: the parser's reading
+    (a price 100x the listing) is a fault, the pair is not scored. A server that states $1 in its price field: a bad
+    offer the model chose, scored with a warning."""
+    from agreemate_assets.study import run_study
+
+    misread = {"action": "offer", "utterance": "It fits my Model 99999 rack.", "price": None}
+    with FakeOpenAI(["ok"], reply=misread) as srv:
+        study = env([_server_agent("misread", srv.url)])
+        with DagsterInstance.get() as instance:
+            res = run_study(instance, study, [("misread", "rb-a")], log=lambda *_: None)
+            assert not res["misread|rb-a"]
+            assert any("implausible_price_rate" in r for _, r in res.failures), res.failures
+    turns = pd.read_parquet(Path(study.results_dir) / "negotiation_transcripts" / "buyer=misread" /
+                            "seller=rb-a.parquet")
+    mine = turns[turns["speaker"] == "buyer"]
+    assert mine["price_from_words"].all() and (mine["price"] == 99999).all()
+
+    lowball = {"action": "offer", "utterance": "I can pay a dollar.", "price": 1}
+    with FakeOpenAI(["ok"], reply=lowball) as srv:
+        study = env([_server_agent("lowball", srv.url)])
+        with DagsterInstance.get() as instance:
+            res = run_study(instance, study, [("lowball", "rb-a")], log=lambda *_: None)
+            assert res["lowball|rb-a"], res.failures  # the model's own bad offer is a result
+            key = _check_key("transcripts_behaviour")
+            ev = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key] \
+                .event.dagster_event.event_specific_data
+            assert not ev.passed and ev.severity.value == "WARN"
+            assert ev.metadata["measures"].value["implausible_stated_price_rate"] > 0.05
+    assert "lowball+rb-a" in set(_metrics(study)["pair"])
+
+
 def _check_key(name):
     from dagster import AssetCheckKey
 

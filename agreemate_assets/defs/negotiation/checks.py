@@ -20,11 +20,12 @@ TRANSCRIPT_CHECKS = [
                    partitions_def=pair_partitions,
                    description="Blocking: GX row contract (acts in the vocabulary, positive prices, speakers, turn "
                                "limit, priced deals) and the quality thresholds of agreemate_lib.negotiation.quality "
-                               "(error, parse-failure, unknown-act and implausible-price rates; accepted prices the "
-                               "other side offered)"),
+                               "(error, parse-failure and unknown-act rates, prices read from the words outside the "
+                               "plausible band; accepted prices the other side offered)"),
     AssetCheckSpec(BEHAVIOUR_CHECK_NAME, asset="negotiation_transcripts", partitions_def=pair_partitions,
-                   description="Warn: deals a side should not make (a buyer paying above the listing, a seller "
-                               "below its bottom line)"),
+                   description="Warn: what the model chose, scored as it is: prices it stated outside the "
+                               "plausible band, deals a side should not make (a buyer paying above the listing, a "
+                               "seller below its bottom line)"),
 ]
 
 

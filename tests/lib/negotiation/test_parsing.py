@@ -56,6 +56,12 @@ def test_parse_turn_ugly_replies(raw, action, price, ok):
         assert t.error
 
 
+def test_the_turn_says_whether_its_price_was_read_from_the_words():
+    assert parse_turn('{"action":"counter-price","utterance":"3k is my limit","price":null}').price_from_words
+    assert not parse_turn('{"action": "offer", "utterance": "I can do $1,250", "price": 1250}').price_from_words
+    assert not parse_turn('{"action": "inform", "utterance": "It is $90 new", "price": null}').price_from_words
+
+
 def test_at_least_thirty_cases():
     assert len(UGLY) >= 30
 
