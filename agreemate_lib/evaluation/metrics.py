@@ -205,22 +205,18 @@ def price_moves(speakers: Sequence[str], prices: Sequence[float | None]) -> list
                  "that is not the turn's price field", bounds=(0.0, 1.0), doc_range="[0, 1]",
                  undefined="no turn names a price in its words; utterances unknown", direction="lower")
 def utterance_price_mismatch(x: MetricInputs) -> float:
-    if x.outcome.utterances is None:
-        return NAN
-    verdicts = [words_contradict_price(utt, price, x.L) for utt, price in zip(x.outcome.utterances, x.prices)]
-    said = [v for v in verdicts if v is not None]
-    return sum(said) / len(said) if said else NAN
-
-
-def words_contradict_price(utterance: str | None, price: float | None, listing_price: float) -> bool | None:
-    """None if the words name no price (within 0.1 L .. 3 L); else whether none of the prices they name is the
-    turn's price field (within 0.5%, or the field is empty)."""
     from agreemate_lib.core.money import price_spans
 
-    named = [s.value for s in price_spans(utterance or "") if 0.1 * listing_price <= s.value <= 3 * listing_price]
-    if not named:
-        return None
-    return price is None or all(abs(v - price) > max(0.01, 0.005 * price) for v in named)
+    if x.outcome.utterances is None:
+        return NAN
+    said = bad = 0
+    for utt, price in zip(x.outcome.utterances, x.prices):
+        named = [s.value for s in price_spans(utt or "") if 0.1 * x.L <= s.value <= 3 * x.L]
+        if not named:
+            continue
+        said += 1
+        bad += price is None or all(abs(v - price) > max(0.01, 0.005 * price) for v in named)
+    return bad / said if said else NAN
 
 
 @register_metric("accepted_unoffered", formula="1 if the deal's price is none of the prices the other side (the "

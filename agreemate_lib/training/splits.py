@@ -38,10 +38,7 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
     target, the seller's floor) and only then the decision, so an agent that writes its reasoning before its action
     has the numbers in front of it when it decides (accept, counter, walk away). A new price is placed between the
     two numbers it should lie between (the own last price, or the target before one, and theirs), so the model copies
-    its bounds into the text right before it writes the price instead of doing arithmetic it cannot. A turn without a
-    price says so ("I talk and name no price"): after "I talk before I move" the adapters copied the target just
-    written into their words (61 of 70 such buyer turns on 100 held-out listings named a price with the price field
-    empty)."""
+    its bounds into the text right before it writes the price instead of doing arithmetic it cannot."""
     limit = f" (never below {format_money(floor)})" if floor is not None else ""
     mine = f" I was at {format_money(own_last)};" if own_last is not None else ""
     if other_last is not None:
@@ -63,7 +60,7 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
         return f"{head} Close enough: I take their price."
     if action in ("reject", "quit"):
         return f"{head} Too far apart: I walk away."
-    return f"{head} I talk and name no price."
+    return f"{head} I talk before I move."
 
 
 #: Words for the Craigslist events that carry none (an offer, accept, reject or quit made with the button).
@@ -154,21 +151,11 @@ def reneging_turns(dialogue: dict) -> list[int]:
     return [k for k, away in price_moves([t["speaker"] for t in turns], [t["price"] for t in turns]) if away]
 
 
-def words_off_price(dialogue: dict) -> list[int]:
-    """Indices of the turns whose words name a price that is not their price field (the tagger's or annotators'
-    price, or none): context, never a target, so an adapter does not learn to say one price and mean another (the
-    ``utterance_price_mismatch`` metric counts them)."""
-    from agreemate_lib.evaluation.metrics import words_contradict_price
-
-    listing = dialogue["scenario"].listing_price
-    return [k for k, t in enumerate(dialogue["turns"]) if words_contradict_price(t["utterance"], t["price"], listing)]
-
-
 def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[list[dict], list[bool]]:
     """The whole dialogue as ``role`` sees it after its end (the chat prompt our agents get, extended by every
     turn): the messages, and per message whether it is a training target (the role's own confident turns, except
-    an accept outside its own limits, :func:`accepts_outside_limits`, a price that reneges, :func:`reneging_turns`,
-    and words that name another price than the turn's, :func:`words_off_price`)."""
+    an accept outside its own limits, :func:`accepts_outside_limits`, and a price that reneges,
+    :func:`reneging_turns`)."""
     sc = dialogue["scenario"]
     view = sc.view_for(role)
     history: list[dict] = []
@@ -189,7 +176,7 @@ def dialogue_sequence(dialogue: dict, role: str, max_turns: int = 15) -> tuple[l
     # build_messages emits one message per turn after the system (and the opening invitation): align the flags
     head = 2 if opens else 1
     flags = [False] * len(msgs)
-    outside = set(accepts_outside_limits(dialogue)) | set(reneging_turns(dialogue)) | set(words_off_price(dialogue))
+    outside = set(accepts_outside_limits(dialogue)) | set(reneging_turns(dialogue))
     for k, t in enumerate(dialogue["turns"]):
         i = head + k
         if i < len(msgs) and t["speaker"] == role and t["trainable"] and k not in outside:
