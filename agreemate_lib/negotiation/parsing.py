@@ -185,8 +185,7 @@ def parse_turn(raw_text: str) -> ParsedTurn:
         error = str(exc)
     from_words = False
     if price is None and error is None and action in PRICED_ACTS:
-        price = price_from_utterance(utterance)
-        from_words = price is not None
+        price, from_words = price_from_utterance(utterance), True
     ok = error is None
     if truncated:  # "... Would you take 2" is not an offer of $2: a cut-off reply is unusable
         ok, error, price = False, "reply cut off before its JSON object closed", None
@@ -205,5 +204,5 @@ def parse_turn(raw_text: str) -> ParsedTurn:
         error=error,
         action_known=known,
         raw_action=None if raw_action is None else str(raw_action),
-        price_from_words=from_words and price is not None,
+        price_from_words=from_words and price is not None,  # a failed reply keeps no price
     )

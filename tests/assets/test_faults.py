@@ -137,7 +137,7 @@ def test_overpaying_buyer_warns_but_is_scored(env):
 
 def test_a_price_misread_from_the_words_blocks_a_stated_one_warns(env):
     """A server whose offer leaves the price field empty and names a model number in its words: the parser's reading
-    (a price 100x the listing) is a fault, the pair is not scored. A server that states $1 in its price field: a bad
+    (a price far above the band) is a fault, the pair is not scored. A server that states $1 in its price field: a bad
     offer the model chose, scored with a warning."""
     from agreemate_assets.study import run_study
 
