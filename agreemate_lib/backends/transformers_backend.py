@@ -107,6 +107,34 @@ class RowSampler:
         return out
 
 
+class RowRepetitionPenalty:
+    """transformers' repetition penalty (every token already in a row's ``input_ids``, prompt included, has its score
+    divided by the penalty when positive and multiplied when negative) with one penalty per row, so rows of agents
+    decoding at different penalties share a batch. The arithmetic is transformers' own
+    (``RepetitionPenaltyLogitsProcessor`` on 2-D scores); a row at 1.0 keeps its scores unchanged. It runs first
+    among the processors, where transformers places its own."""
+
+    def __init__(self, penalties: list[float]):
+        self.penalties = penalties
+        self._column = None  # the penalties on the scores' device, made once
+        self.elapsed = 0.0
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        t0 = time.perf_counter()
+        if self._column is None:
+            self._column = torch.tensor(self.penalties, dtype=scores.dtype, device=scores.device).unsqueeze(1)
+        vocab = scores.shape[-1]
+        ids = input_ids.clamp(max=vocab)  # ids past the output vocabulary land in a padded column, dropped after
+        padded = torch.nn.functional.pad(scores, (0, 1))
+        score = torch.gather(padded, 1, ids)
+        score = torch.where(score < 0, score * self._column, score / self._column)
+        out = padded.scatter(1, ids, score)[..., :vocab]
+        self.elapsed += time.perf_counter() - t0
+        return out
+
+
 def cache_kwarg(model) -> str:
     """The name ``generate`` takes a KV cache under: ``cache`` from transformers 5.2x (``past_key_values`` is
     deprecated there), ``past_key_values`` before."""
@@ -221,8 +249,8 @@ class TransformersBackend(ChatBackend):
         their calls into one batch (calls that differ in what one ``generate`` fixes for all rows stay apart)."""
         if not requests:
             return []
-        key = (settings.greedy, settings.max_new_tokens, settings.repetition_penalty, self.structured,
-               self.prefix_cache is not None, self.grow_in_place)
+        key = (settings.greedy, settings.max_new_tokens, self.structured, self.prefix_cache is not None,
+               self.grow_in_place)
         return self.shared.batcher.submit(key, _Call(self, requests, settings), _run_calls)
 
     # -- one batch of rows, possibly from several backends on the same base ----------------------------------------
@@ -246,20 +274,24 @@ class TransformersBackend(ChatBackend):
             "max_new_tokens": settings.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
-            "repetition_penalty": settings.repetition_penalty,
         }
         # Greedy search over processed scores; sampling happens in RowSampler, one seeded generator per request, so
         # a reply depends on its own seed (run seed, negotiation, turn, attempt), not on which rows share the batch.
         gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         machines = None
+        # Rows may decode at different repetition penalties (one per agent): applied per row, first, as transformers
+        # would apply its own.
+        procs = LogitsProcessorList()
+        if any(r.settings.repetition_penalty != 1.0 for r in rows):
+            procs.append(RowRepetitionPenalty([r.settings.repetition_penalty for r in rows]))
+        gen_kwargs["logits_processor"] = procs
         if self.structured:
             machines = [TurnMachine(self.table, r.req.reply_format) for r in rows]
             gen_kwargs["max_new_tokens"] = longest
-            gen_kwargs["logits_processor"] = LogitsProcessorList([TurnMachineProcessor(machines)])
+            procs.append(TurnMachineProcessor(machines))
         else:
             gen_kwargs["stop_strings"] = ["}"]
             gen_kwargs["tokenizer"] = self.tokenizer
-            gen_kwargs["logits_processor"] = LogitsProcessorList()
         if not settings.greedy:
             gen_kwargs["logits_processor"].append(RowSampler(
                 [request_seed(r.settings.seed, r.req.key) for r in rows],

@@ -98,8 +98,10 @@ def test_pairs_run_together_match_pairs_run_alone_in_fp32_with_adapters_mixed(da
     assert base.shared is fb.shared is fs.shared  # one copy of the weights, adapters injected beside the base
 
     def agent(i, backend, adapter=None):
+        # as in the roster: the fine-tuned agents decode at repetition penalty 1.0, the base at 1.1 (per row)
         return Agent(AgentSpec(id=i, temperature=0.7, max_utterance_tokens=12, max_reasoning_tokens=12,
-                               adapter=adapter, cot=bool(adapter)), backend)
+                               adapter=adapter, cot=bool(adapter), repetition_penalty=1.0 if adapter else 1.1),
+                     backend)
 
     pairs = [(agent("b", base), agent("b", base)),
              (agent("fb", fb, "adapters/smollm2/buyer"), agent("fs", fs, "adapters/smollm2/seller")),
@@ -110,7 +112,8 @@ def test_pairs_run_together_match_pairs_run_alone_in_fp32_with_adapters_mixed(da
     alone = [run_negotiations(scen, b, s, cfg) for b, s in pairs]
     before = batcher.stats.max_calls
     together = run_pairs([(scen, b, s) for b, s in pairs], cfg)
-    assert before == 1 and batcher.stats.max_calls == 3  # alone: one call a batch; together: all three pairs
+    # alone: one call a batch; together: all three pairs, whatever their penalties
+    assert before == 1 and batcher.stats.max_calls == 3
 
     def text(runs):
         return [[[(t.speaker, t.action, t.price, t.utterance, t.reasoning) for t in n.turns] for n in r] for r in runs]
@@ -118,3 +121,22 @@ def test_pairs_run_together_match_pairs_run_alone_in_fp32_with_adapters_mixed(da
     assert text(together) == text(alone)
     # the adapters changed the replies: a base row never got an adapter, an adapter row never ran the base
     assert text([alone[1]]) != text([run_negotiations(scen, agent("x", base), agent("y", base), cfg)])
+
+
+def test_per_row_repetition_penalty_is_transformers_own_row_by_row():
+    import torch
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    from agreemate_lib.backends.transformers_backend import RowRepetitionPenalty
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 50, generator=g)
+    ids = torch.randint(0, 50, (3, 7), generator=g)
+    ids[2, 0] = 52  # an id past the output vocabulary (a larger embedding table): never penalized, never an error
+    penalties = [1.1, 1.0, 1.3]
+    got = RowRepetitionPenalty(penalties)(ids, scores.clone())
+    for row, pen in enumerate(penalties):
+        want = RepetitionPenaltyLogitsProcessor(pen)(ids[row : row + 1], scores[row : row + 1].clone())
+        assert torch.equal(got[row : row + 1], want)
+    assert torch.equal(got[1], scores[1])  # 1.0 leaves a row as it was
+    assert not torch.equal(got[0], scores[0])
