@@ -343,6 +343,9 @@ def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",
         tok, lm = load_model(model, dtype=dtype, device=device, quantization=quantization, trainable=True)
         tok.padding_side = "left"
         lm.eval()
+        from agreemate_lib.backends.attention import use_packed_sdpa
+
+        use_packed_sdpa(lm)  # unpadded CPU decode steps of grouped-query models: the packed path, not enable_gqa
         from agreemate_lib.backends.batching import register
 
         _SHARED[key] = shared = SharedBase(tok, lm)

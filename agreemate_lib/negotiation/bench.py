@@ -161,6 +161,13 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
         grown = growing_cache(model.config, reserve=8)
         model(input_ids=ids, past_key_values=grown, use_cache=True)
         in_place_ms = _median_ms(stepper(grown), steps, sync)  # the engine's cache: grows in place
+        # the same step through transformers' own sdpa: with no padding mask it takes the enable_gqa kernel
+        impl = model.config._attn_implementation
+        model.set_attn_implementation("sdpa")
+        try:
+            gqa_ms = _median_ms(stepper(grown), steps, sync)
+        finally:
+            model.set_attn_implementation(impl)
         x = {w.shape[1]: torch.randn(b, w.shape[1], generator=gen).to(dev, dtype) for w in weights}
         # attention over the cache after the key/value heads are repeated for every query head
         q = torch.randn(b, heads, 1, head_dim, generator=gen).to(dev, dtype)
@@ -177,6 +184,7 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
     return {"batch": b, "step_ms": round(step_ms, 2), "step_ms_cache_in_place": round(in_place_ms, 2),
             "matmul_ms": round(mm_ms, 2), "overhead_share": round(max(0.0, 1 - mm_ms / step_ms), 3),
             "overhead_share_cache_in_place": round(max(0.0, 1 - mm_ms / in_place_ms), 3),
+            "step_ms_transformers_sdpa": round(gqa_ms, 2),
             "tokens_per_s": round(1000 * b / step_ms, 1),
             "tokens_per_s_cache_in_place": round(1000 * b / in_place_ms, 1)}
 
@@ -186,8 +194,10 @@ def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int 
     size, beside the bare matrix work of the same step: every linear layer's weight multiplied by a [batch, in]
     activation, and the attention products over the cache, timed as plain torch matmuls without the modules around
     them. ``overhead_share`` = 1 - matmul / step: the part of a step that is not matrix work (Python, cache
-    handling, masks). Each step is timed twice: with transformers' cache (``step_ms``: it appends by concatenation,
-    copying the whole cache every step) and with the engine's, which grows in place (``step_ms_cache_in_place``)."""
+    handling, masks). Each step is timed with transformers' cache (``step_ms``: it appends by concatenation,
+    copying the whole cache every step) and with the engine's, which grows in place (``step_ms_cache_in_place``);
+    both with the engine's attention (:mod:`agreemate_lib.backends.attention`), and the in-place one once more with
+    transformers' own ``sdpa`` (``step_ms_transformers_sdpa``: unpadded rows go through the ``enable_gqa`` kernel)."""
     gen = torch.Generator().manual_seed(0)
     with backend.shared.base_only():  # the base model, whatever adapters this process has loaded beside it
         return [_profile_batch(backend.model, b, context, steps, gen) for b in batches]
@@ -381,11 +391,13 @@ def print_report(r: dict) -> None:
           f"structured-output processor {e['structured_processor_s']} s, other generate overhead "
           f"{e['generate_overhead_s']} s, outside generate {e['outside_generate_s']} s")
     if r.get("decode_step_profile"):
-        print("decode step vs batch (KV cache of 300 tokens): batch, ms/step (cache by concatenation, in place), "
-              "bare matmul ms, overhead share (concatenation, in place), tok/s in place")
+        print("decode step vs batch (KV cache of 300 tokens): batch, ms/step (cache by concatenation, in place; "
+              "in place with transformers' sdpa), bare matmul ms, overhead share (concatenation, in place), "
+              "tok/s in place")
         for row in r["decode_step_profile"]:
             print(f"  {row['batch']:3d} {row['step_ms']:8.2f} {row['step_ms_cache_in_place']:8.2f} "
-                  f"{row['matmul_ms']:8.2f} {row['overhead_share']:6.3f} {row['overhead_share_cache_in_place']:6.3f} "
+                  f"{row.get('step_ms_transformers_sdpa', float('nan')):8.2f} {row['matmul_ms']:8.2f} "
+                  f"{row['overhead_share']:6.3f} {row['overhead_share_cache_in_place']:6.3f} "
                   f"{row['tokens_per_s_cache_in_place']:8.1f}")
     print(f"peak RSS: {r['peak_rss_mib']} MiB")
     c = r["greedy_transcripts_engine_vs_naive"]
