@@ -230,24 +230,34 @@ def across_pairs(scenarios, cfg: RunConfig, n_pairs: int, dtype: str) -> dict:
                  Agent(AgentSpec(id=f"s{i}", temperature=0.0, personality=PERSONALITIES[(i + 1) % 4]), backend))
                 for i in range(n_pairs)]
 
-    t = time.perf_counter()
-    alone = [run_negotiations(sc, b, s, cfg) for sc, b, s in jobs()]
-    wall_alone = time.perf_counter() - t
+    fwd = backend.forward_stats  # the model's prefill / decode time, read around each way of running
+
+    def timed(fn):
+        f0, t = dict(fwd), time.perf_counter()
+        runs = fn()
+        return runs, time.perf_counter() - t, {k: fwd[k] - f0[k] for k in fwd}
+
+    alone, wall_alone, fwd_alone = timed(lambda: [run_negotiations(sc, b, s, cfg) for sc, b, s in jobs()])
     before = backend.shared.batcher.stats.as_dict()
-    t = time.perf_counter()
-    together = run_pairs(jobs(), cfg)
-    wall_together = time.perf_counter() - t
+    together, wall_together, fwd_together = timed(lambda: run_pairs(jobs(), cfg))
     merged = backend.shared.batcher.stats.as_dict(since=before)
 
-    def summary(runs, wall):
+    def summary(runs, wall, f):
         negs = [n for r in runs for n in r]
         turns = [x for n in negs for x in n.turns]
+        generated = sum(x.tokens_out for x in turns)
         return {"wall_s": round(wall, 2), "negotiations": len(negs),
                 "negotiations_per_min": round(60 * len(negs) / wall, 2), "turns": len(turns),
-                "generated_tokens_per_s": round(sum(x.tokens_out for x in turns) / wall, 1),
-                "error_negotiations": sum(n.outcome == "error" for n in negs)}
+                "generated_tokens_per_s": round(generated / wall, 1),
+                "error_negotiations": sum(n.outcome == "error" for n in negs),
+                # where the time went: prefill (several new tokens), decode steps and their cost, and how many
+                # replies' tokens a step produced on average (rows that ended are carried to the batch's end)
+                "prefill_s": round(f["prefill_s"], 2), "decode_s": round(f["decode_s"], 2),
+                "decode_steps": f["decode_steps"],
+                "ms_per_decode_step": round(1000 * f["decode_s"] / f["decode_steps"], 1) if f["decode_steps"] else None,
+                "generated_tokens_per_step": round(generated / f["decode_steps"], 1) if f["decode_steps"] else None}
 
-    a, b = summary(alone, wall_alone), summary(together, wall_together)
+    a, b = summary(alone, wall_alone, fwd_alone), summary(together, wall_together, fwd_together)
     return {"pairs": n_pairs, "one_after_another": a, "together": b,
             "speedup": round(b["negotiations_per_min"] / a["negotiations_per_min"], 2),
             "batches_together": merged["batches"], "rows_per_batch_together": merged["mean_rows"]}
@@ -378,6 +388,12 @@ def print_report(r: dict) -> None:
               f"{ap['one_after_another']['negotiations_per_min']} negotiations/min, together (one batch per step, "
               f"{ap['rows_per_batch_together']} rows a batch) {ap['together']['negotiations_per_min']}: "
               f"{ap['speedup']}x; together vs naive: {r['speedup_across_pairs']}x")
+        for way in ("one_after_another", "together"):
+            w = ap[way]
+            if "prefill_s" in w:
+                print(f"  {way.replace('_', ' ')}: prefill {w['prefill_s']} s, decode {w['decode_s']} s "
+                      f"({w['decode_steps']} steps, {w['ms_per_decode_step']} ms each, "
+                      f"{w['generated_tokens_per_step']} reply tokens a step)")
     if isinstance(r.get("llama_server"), str):
         print(f"llama-server: {r['llama_server']}")
     if "engine_vs_llama_server" in r:

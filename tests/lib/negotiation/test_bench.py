@@ -25,5 +25,11 @@ def test_across_pairs_runs_pairs_alone_then_together(data_dir):
     assert r["pairs"] == 2
     assert r["one_after_another"]["negotiations"] == r["together"]["negotiations"] == 4
     assert r["rows_per_batch_together"] > 2  # both pairs' rows went into one batch
+    for way in ("one_after_another", "together"):  # where the time went, from the model's own forward timers
+        w = r[way]
+        assert w["prefill_s"] > 0 and w["decode_s"] > 0 and w["decode_steps"] > 0
+        assert w["prefill_s"] + w["decode_s"] <= w["wall_s"]
+    # together, each step carries both pairs' rows: fewer steps than one pair after the other
+    assert r["together"]["decode_steps"] < r["one_after_another"]["decode_steps"]
     assert r["speedup"] == pytest.approx(r["together"]["negotiations_per_min"]
                                          / r["one_after_another"]["negotiations_per_min"], rel=0.02)
