@@ -274,6 +274,9 @@ class TransformersBackend(ChatBackend):
             "max_new_tokens": settings.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
+            # the penalty is ours, per row (RowRepetitionPenalty); 1.0 keeps a model's generation_config from adding
+            # its own on top
+            "repetition_penalty": 1.0,
         }
         # Greedy search over processed scores; sampling happens in RowSampler, one seeded generator per request, so
         # a reply depends on its own seed (run seed, negotiation, turn, attempt), not on which rows share the batch.

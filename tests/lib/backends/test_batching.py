@@ -140,3 +140,27 @@ def test_per_row_repetition_penalty_is_transformers_own_row_by_row():
         assert torch.equal(got[row : row + 1], want)
     assert torch.equal(got[1], scores[1])  # 1.0 leaves a row as it was
     assert not torch.equal(got[0], scores[0])
+
+
+@pytest.mark.slow
+def test_a_models_own_generation_config_penalty_is_not_added_to_the_agents(data_dir):
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
+    from agreemate_lib.core.scenarios import sample_scenarios
+    from agreemate_lib.negotiation.agents import Agent, AgentSpec
+    from agreemate_lib.negotiation.runner import RunConfig, run_negotiations
+
+    scen = sample_scenarios("test", 1, seed=4).scenarios
+    backend = TransformersBackend("smollm2", dtype="fp32")
+    spec = AgentSpec(id="g", temperature=0.0, max_utterance_tokens=24, repetition_penalty=1.0)
+
+    def words():
+        n = run_negotiations(scen, Agent(spec, backend), Agent(spec, backend), RunConfig(max_turns=2, seed=0))[0]
+        return [(t.action, t.price, t.utterance) for t in n.turns]
+
+    plain = words()
+    gc = backend.model.generation_config
+    try:
+        gc.repetition_penalty = 3.0  # as some hub models ship (e.g. 1.05): the agent's own penalty must win
+        assert words() == plain
+    finally:
+        gc.repetition_penalty = None
