@@ -4,8 +4,8 @@ For a decode step (one query token per row) transformers' ``sdpa_attention_forwa
 model with fewer key/value heads than query heads (SmolLM2: 9 query heads, 3 key/value heads): with an attention
 mask (a batch with left padding) it packs the query heads onto the key/value heads and attends once per key/value
 head; without one (no padding: a batch of one, or rows of equal length) it calls PyTorch's kernel with
-``enable_gqa=True``, which on CPU took about twice as long per step (measured on the 2-core AMD EPYC, bf16, 300 cached
-tokens: 47.5 against 26.3 ms a step at batch 8, 136 against 64 at batch 32, 21.8 against 18.7 at batch 1;
+``enable_gqa=True``, which on CPU is the slow one (the bench's decode profile on the 2-core AMD EPYC, bf16, 300
+cached tokens: 51.4 against 30.0 ms a step at batch 8, 148.9 against 60.4 at batch 32, 24.9 against 23.0 at batch 1;
 docs/performance.md). ``packed_sdpa`` gives such a step an all-true mask, so it takes the packed path too; a step
 with a real mask, a prefill (more than one query token) and any GPU step are transformers' own, unchanged. The
 numbers are those of the packed path transformers itself takes for padded batches.
