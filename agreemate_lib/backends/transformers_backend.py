@@ -296,7 +296,7 @@ class TransformersBackend(ChatBackend):
             gen_kwargs["stop_strings"] = ["}"]
             gen_kwargs["tokenizer"] = self.tokenizer
         if not settings.greedy:
-            gen_kwargs["logits_processor"].append(RowSampler(
+            procs.append(RowSampler(
                 [request_seed(r.settings.seed, r.req.key) for r in rows],
                 [r.settings.temperature for r in rows], [r.settings.top_p for r in rows]))
         if past is None and self.prefix_cache is not None:

@@ -390,10 +390,9 @@ def print_report(r: dict) -> None:
               f"{ap['speedup']}x; together vs naive: {r['speedup_across_pairs']}x")
         for way in ("one_after_another", "together"):
             w = ap[way]
-            if "prefill_s" in w:
-                print(f"  {way.replace('_', ' ')}: prefill {w['prefill_s']} s, decode {w['decode_s']} s "
-                      f"({w['decode_steps']} steps, {w['ms_per_decode_step']} ms each, "
-                      f"{w['generated_tokens_per_step']} reply tokens a step)")
+            print(f"  {way.replace('_', ' ')}: prefill {w['prefill_s']} s, decode {w['decode_s']} s "
+                  f"({w['decode_steps']} steps, {w['ms_per_decode_step']} ms each, "
+                  f"{w['generated_tokens_per_step']} reply tokens a step)")
     if isinstance(r.get("llama_server"), str):
         print(f"llama-server: {r['llama_server']}")
     if "engine_vs_llama_server" in r:
@@ -412,7 +411,7 @@ def print_report(r: dict) -> None:
               "tok/s in place")
         for row in r["decode_step_profile"]:
             print(f"  {row['batch']:3d} {row['step_ms']:8.2f} {row['step_ms_cache_in_place']:8.2f} "
-                  f"{row.get('step_ms_transformers_sdpa', float('nan')):8.2f} {row['matmul_ms']:8.2f} "
+                  f"{row['step_ms_transformers_sdpa']:8.2f} {row['matmul_ms']:8.2f} "
                   f"{row['overhead_share']:6.3f} {row['overhead_share_cache_in_place']:6.3f} "
                   f"{row['tokens_per_s_cache_in_place']:8.1f}")
     print(f"peak RSS: {r['peak_rss_mib']} MiB")
