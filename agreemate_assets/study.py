@@ -107,6 +107,7 @@ def negotiate_ahead(project, instance: DagsterInstance, study: StudySettings, pa
     itself). Dagster's runs are not made concurrent: its SQLite storage deadlocks under threads. A pair that
     cannot start here is left to its own run, which records the failure; error negotiations are never
     checkpointed, so its run negotiates them again."""
+    from agreemate_lib.backends.models import kv_budgets
     from agreemate_lib.negotiation.runner import run_pairs
 
     from .defs.negotiation.assets import agent_spec, checkpoint_path, pair_agents, run_config, scenario_records
@@ -143,7 +144,8 @@ def negotiate_ahead(project, instance: DagsterInstance, study: StudySettings, pa
                 "checkpoint")
     merged = {k: v for k, v in batch_stats(since=before).items() if v["batches"]}
     log(f"  {len(jobs)} pairs negotiated at once ({min(width, len(jobs))} at a time) in "
-        f"{time.perf_counter() - t:.0f} s; batches per base model: {merged or 'none (no local model)'}")
+        f"{time.perf_counter() - t:.0f} s; batches per base model: {merged or 'none (no local model)'}; "
+        f"KV caches kept between turns (tokens; conversations evicted to stay within the limit): {kv_budgets()}")
 
 
 def submit_study(deployment, study: StudySettings, pairs: list[tuple[str, str]], log=print,

@@ -279,6 +279,12 @@ class SharedBase:
         self.tokenizer, self.base = tokenizer, base
         #: Merges the generate calls of every pair running in this process on this base (one thread each).
         self.batcher = Batcher()
+        from agreemate_lib.backends.prefix_cache import KVBudget, default_budget_tokens
+
+        #: One limit on the conversation keys/values kept between turns by every backend on this base: pairs run at
+        #: once keep theirs all at the same time (14 pairs x 30 negotiations held ~18 GB until the OOM killer ended
+        #: the process, 2026-11-27).
+        self.kv_budget = KVBudget(default_budget_tokens(base.config, base.dtype, base.device))
         self.peft = None  # the PeftModel, once an adapter is loaded
         self.adapters: dict[str, str] = {}  # adapter name -> folder
         self._lock = threading.Lock()
@@ -330,6 +336,14 @@ class SharedBase:
 
 _SHARED: dict[tuple, SharedBase] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def kv_budgets() -> dict[str, dict]:
+    """Each loaded shared base's cache budget: its limit, the tokens kept now and the conversations evicted."""
+    return {f"{k[0]}/{k[1].removeprefix('torch.')}/{k[2]}": {"max_tokens": s.kv_budget.max_tokens,
+                                                            "tokens": s.kv_budget.tokens,
+                                                            "evicted": s.kv_budget.evicted}
+            for k, s in _SHARED.items()}
 
 
 def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",

@@ -4,10 +4,15 @@ Each conversation (negotiation x role) keeps the token ids and the per-layer key
 reply. The next prompt of that conversation is matched against them (longest common prefix of token ids), and only
 the rest is fed to the model. Entries are evicted least-recently-used beyond ``max_tokens`` and released when a
 negotiation ends.
+
+Every cache on one loaded model also answers to that model's :class:`KVBudget`, one limit on the tokens all of them
+keep: pairs run at once each keep their own conversations, and per-cache limits alone add up with the number of
+pairs. An evicted conversation's next turn prefills its whole prompt again (slower, same reply).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -51,46 +56,120 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+class KVBudget:
+    """One limit on the conversation tokens (their own keys and values, shared heads not counted) that every
+    :class:`PrefixCache` of one loaded model keeps, least recently used evicted first across all of them. Its lock
+    guards every cache that answers to it: a pair's thread releases its finished conversations while another
+    thread's batch looks up and stores."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.lock = threading.RLock()
+        self._lru: OrderedDict[tuple[int, str], tuple[PrefixCache, int]] = OrderedDict()
+        self.tokens = 0
+        #: Conversations evicted to stay within the limit (each re-prefills its next prompt in full).
+        self.evicted = 0
+
+    def touch(self, cache: PrefixCache, key: str) -> None:
+        if (id(cache), key) in self._lru:
+            self._lru.move_to_end((id(cache), key))
+
+    def add(self, cache: PrefixCache, key: str, tokens: int) -> None:
+        self.drop(cache, key)
+        self._lru[(id(cache), key)] = (cache, tokens)
+        self.tokens += tokens
+        while self.tokens > self.max_tokens and len(self._lru) > 1:
+            (_, k), (c, n) = self._lru.popitem(last=False)
+            c._forget(k)
+            self.tokens -= n
+            self.evicted += 1
+
+    def drop(self, cache: PrefixCache, key: str) -> None:
+        held = self._lru.pop((id(cache), key), None)
+        if held is not None:
+            self.tokens -= held[1]
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token takes in every layer of a decoder with this config."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers * 2 * heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+
+
+def default_budget_tokens(config, dtype: torch.dtype, device: torch.device | str, share: float = 0.25) -> int:
+    """A quarter of the memory free on ``device`` now (CUDA: the GPU's; else the machine's available RAM), in
+    tokens of this model's keys and values: the rest is left to the batches themselves and everything else."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free = torch.cuda.mem_get_info(dev)[0]
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    return max(1, int(free * share) // kv_bytes_per_token(config, dtype))
+
+
 class PrefixCache:
-    def __init__(self, max_tokens: int = 64_000, min_shared_tokens: int = 32):
+    def __init__(self, max_tokens: int = 64_000, min_shared_tokens: int = 32, budget: KVBudget | None = None):
         self.max_tokens = max_tokens
         self.min_shared_tokens = min_shared_tokens
         self.entries: OrderedDict[str, CachedPrefix] = OrderedDict()
         self.shared: dict[int, CachedPrefix] = {}
         self.reused_tokens = 0
         self.prefilled_tokens = 0
+        #: The model-wide limit this cache answers to besides its own ``max_tokens`` (None: its own only).
+        self.budget = budget
+        self._lock = budget.lock if budget is not None else threading.RLock()
+        self._tokens = 0
 
     def lookup(self, key: str, ids: list[int]) -> tuple[CachedPrefix | None, int]:
         """The entry covering most leading tokens of ``ids`` (always leaving one token to feed): the
         conversation's own entry, or a shared prefix (the common head of many conversations' prompts)."""
-        best, best_n = None, 0
-        own = self.entries.get(key) if key else None
-        if own is not None:
-            self.entries.move_to_end(key)
-            best, best_n = own, common_prefix(own.ids, ids)
-        for e in self.shared.values():
-            n = common_prefix(e.ids, ids)
-            if n > best_n and n >= self.min_shared_tokens:  # a few template tokens are not worth a cache
-                best, best_n = e, n
-        return best, min(best_n, len(ids) - 1)
+        with self._lock:
+            best, best_n = None, 0
+            own = self.entries.get(key) if key else None
+            if own is not None:
+                self.entries.move_to_end(key)
+                if self.budget is not None:
+                    self.budget.touch(self, key)
+                best, best_n = own, common_prefix(own.ids, ids)
+            for e in self.shared.values():
+                n = common_prefix(e.ids, ids)
+                if n > best_n and n >= self.min_shared_tokens:  # a few template tokens are not worth a cache
+                    best, best_n = e, n
+            return best, min(best_n, len(ids) - 1)
 
     def store_shared(self, entry: CachedPrefix) -> None:
-        key = hash(tuple(entry.ids))
-        self.shared[key] = entry
-        while len(self.shared) > 16:
-            self.shared.pop(next(iter(self.shared)))
+        with self._lock:
+            key = hash(tuple(entry.ids))
+            self.shared[key] = entry
+            while len(self.shared) > 16:
+                self.shared.pop(next(iter(self.shared)))
 
     def store(self, key: str, entry: CachedPrefix) -> None:
         if not key:
             return
-        self.entries[key] = entry
-        self.entries.move_to_end(key)
-        while self.total_tokens() > self.max_tokens and len(self.entries) > 1:
-            self.entries.popitem(last=False)
+        with self._lock:
+            self._forget(key)
+            self.entries[key] = entry
+            self._tokens += entry.own_length
+            while self._tokens > self.max_tokens and len(self.entries) > 1:
+                self.release([next(iter(self.entries))])
+            if self.budget is not None:
+                self.budget.add(self, key, entry.own_length)
 
     def release(self, keys) -> None:
-        for k in keys:
-            self.entries.pop(k, None)
+        with self._lock:
+            for k in keys:
+                self._forget(k)
+                if self.budget is not None:
+                    self.budget.drop(self, k)
+
+    def _forget(self, key: str) -> None:
+        e = self.entries.pop(key, None)
+        if e is not None:
+            self._tokens -= e.own_length
 
     def base_for(self, ids: list[int]) -> CachedPrefix | None:
         """The longest shared entry that is a whole prefix of ``ids``."""
@@ -101,7 +180,8 @@ class PrefixCache:
         return best
 
     def total_tokens(self) -> int:
-        return sum(e.own_length for e in self.entries.values())
+        with self._lock:
+            return sum(e.own_length for e in self.entries.values())
 
     def nbytes(self) -> int:
         every = list(self.entries.values()) + list(self.shared.values())

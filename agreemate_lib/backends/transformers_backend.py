@@ -206,7 +206,7 @@ class TransformersBackend(ChatBackend):
         self._table = None
         from agreemate_lib.backends.prefix_cache import PrefixCache
 
-        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
+        self.prefix_cache = PrefixCache(prefix_cache_tokens, budget=self.shared.kv_budget) if prefix_cache else None
         #: Where this backend's time goes: generate calls and the structured-output processor (Python). A call
         #: merged with other backends' calls counts whole for each of them.
         self.stats = {"generate_s": 0.0, "processor_s": 0.0, "sampler_s": 0.0, "generate_calls": 0}

@@ -111,7 +111,16 @@ def test_pairs_run_together_match_pairs_run_alone_in_fp32_with_adapters_mixed(da
     batcher.stats = type(batcher.stats)()  # count from here (other tests of this process use the same base)
     alone = [run_negotiations(scen, b, s, cfg) for b, s in pairs]
     before = batcher.stats.max_calls
-    together = run_pairs([(scen, b, s) for b, s in pairs], cfg)
+    # together, the pairs' conversations exceed the model's cache budget: the least recently used are evicted and
+    # their next prompts prefilled in full (12 conversations of ~500 tokens against 600)
+    budget = base.shared.kv_budget
+    limit, evicted = budget.max_tokens, budget.evicted
+    budget.max_tokens = 600
+    try:
+        together = run_pairs([(scen, b, s) for b, s in pairs], cfg)
+    finally:
+        budget.max_tokens = limit
+    assert budget.evicted > evicted
     # alone: one call a batch; together: all three pairs, whatever their penalties
     assert before == 1 and batcher.stats.max_calls == 3
 

@@ -53,6 +53,52 @@ def test_prefix_cache_lookup_and_eviction():
     assert not pc.entries
 
 
+def test_one_budget_bounds_every_cache_on_a_model_least_recently_used_first():
+    import threading
+
+    import torch
+
+    from agreemate_lib.backends.prefix_cache import KVBudget
+
+    def entry(n):
+        return CachedPrefix(list(range(n)), [torch.zeros(1, n, 2)], [torch.zeros(1, n, 2)])
+
+    budget = KVBudget(max_tokens=25)
+    a, b = PrefixCache(max_tokens=100, budget=budget), PrefixCache(max_tokens=100, budget=budget)
+
+    def held():  # what the caches really keep, not the budget's own count (one moment: under the shared lock)
+        with budget.lock:
+            return a.total_tokens() + b.total_tokens()
+
+    a.store("x", entry(10))
+    b.store("y", entry(10))
+    a.lookup("x", list(range(12)))  # x used again: y is now the least recently used
+    b.store("z", entry(10))  # 30 > 25: y goes, though it is b's own and b is storing
+    assert set(a.entries) == {"x"} and set(b.entries) == {"z"} and held() == 20 and budget.evicted == 1
+    a.store("x", entry(12))  # a conversation's next turn replaces its entry, never counts twice
+    assert held() == 22 == budget.tokens
+    b.release(["z"])
+    assert held() == 12 == budget.tokens
+    # released while another thread stores: every store keeps the sum within the limit
+    errors = []
+
+    def churn(cache, tag):
+        try:
+            for i in range(300):
+                cache.store(f"{tag}{i % 7}", entry(3 + i % 5))
+                assert held() <= 25
+                cache.release([f"{tag}{(i + 3) % 7}"])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(c, t)) for c, t in ((a, "p"), (b, "q"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and held() == budget.tokens <= 25
+
+
 def test_growing_cache_writes_in_place_and_matches_concatenation():
     import torch
     from transformers.cache_utils import DynamicLayer
