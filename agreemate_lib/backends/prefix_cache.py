@@ -2,12 +2,17 @@
 
 Each conversation (negotiation x role) keeps the token ids and the per-layer keys/values of its last prompt plus
 reply. The next prompt of that conversation is matched against them (longest common prefix of token ids), and only
-the rest is fed to the model. Entries are evicted least-recently-used beyond ``max_tokens`` and released when a
-negotiation ends.
+the rest is fed to the model. An entry that would take a cache beyond its ``max_tokens`` is not kept; entries are
+released when a negotiation ends.
 
 Every cache on one loaded model also answers to that model's :class:`KVBudget`, one limit on the tokens all of them
 keep: pairs run at once each keep their own conversations, and per-cache limits alone add up with the number of
 pairs. An evicted conversation's next turn prefills its whole prompt again (slower, same reply).
+
+Over a limit, the entry just stored goes (most recently used first), not the oldest: negotiations advance in
+lockstep, so every conversation is used once a round, and evicting the least recently used would evict each one
+just before its next turn (no reuse at all once the conversations exceed the limit); keeping the stored ones keeps
+the reuse for as many conversations as fit.
 """
 
 from __future__ import annotations
@@ -58,34 +63,30 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class KVBudget:
     """One limit on the conversation tokens (their own keys and values, shared heads not counted) that every
-    :class:`PrefixCache` of one loaded model keeps, least recently used evicted first across all of them. Its lock
-    guards every cache that answers to it: a pair's thread releases its finished conversations while another
-    thread's batch looks up and stores."""
+    :class:`PrefixCache` of one loaded model keeps; over it, the most recently stored entries go first (see the
+    module). Its lock guards every cache that answers to it: a pair's thread releases its finished conversations
+    while another thread's batch looks up and stores."""
 
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
         self.lock = threading.RLock()
-        self._lru: OrderedDict[tuple[int, str], tuple[PrefixCache, int]] = OrderedDict()
+        self._order: OrderedDict[tuple[int, str], tuple[PrefixCache, int]] = OrderedDict()
         self.tokens = 0
         #: Conversations evicted to stay within the limit (each re-prefills its next prompt in full).
         self.evicted = 0
 
-    def touch(self, cache: PrefixCache, key: str) -> None:
-        if (id(cache), key) in self._lru:
-            self._lru.move_to_end((id(cache), key))
-
     def add(self, cache: PrefixCache, key: str, tokens: int) -> None:
         self.drop(cache, key)
-        self._lru[(id(cache), key)] = (cache, tokens)
+        self._order[(id(cache), key)] = (cache, tokens)
         self.tokens += tokens
-        while self.tokens > self.max_tokens and len(self._lru) > 1:
-            (_, k), (c, n) = self._lru.popitem(last=False)
+        while self.tokens > self.max_tokens and self._order:
+            (_, k), (c, n) = self._order.popitem(last=True)
             c._forget(k)
             self.tokens -= n
             self.evicted += 1
 
     def drop(self, cache: PrefixCache, key: str) -> None:
-        held = self._lru.pop((id(cache), key), None)
+        held = self._order.pop((id(cache), key), None)
         if held is not None:
             self.tokens -= held[1]
 
@@ -122,6 +123,7 @@ class PrefixCache:
         self.budget = budget
         self._lock = budget.lock if budget is not None else threading.RLock()
         self._tokens = 0
+        self.evicted = 0  # entries not kept for this cache's own limit (the budget counts its own)
 
     def lookup(self, key: str, ids: list[int]) -> tuple[CachedPrefix | None, int]:
         """The entry covering most leading tokens of ``ids`` (always leaving one token to feed): the
@@ -131,8 +133,6 @@ class PrefixCache:
             own = self.entries.get(key) if key else None
             if own is not None:
                 self.entries.move_to_end(key)
-                if self.budget is not None:
-                    self.budget.touch(self, key)
                 best, best_n = own, common_prefix(own.ids, ids)
             for e in self.shared.values():
                 n = common_prefix(e.ids, ids)
@@ -154,9 +154,10 @@ class PrefixCache:
             self._forget(key)
             self.entries[key] = entry
             self._tokens += entry.own_length
-            while self._tokens > self.max_tokens and len(self.entries) > 1:
-                self.release([next(iter(self.entries))])
-            if self.budget is not None:
+            if self._tokens > self.max_tokens:  # over this cache's own limit: the new entry is not kept
+                self._forget(key)
+                self.evicted += 1
+            elif self.budget is not None:
                 self.budget.add(self, key, entry.own_length)
 
     def release(self, keys) -> None:

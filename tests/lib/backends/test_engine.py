@@ -47,13 +47,13 @@ def test_prefix_cache_lookup_and_eviction():
     e, n = pc.lookup("b", [1, 2, 3, 9])  # a new conversation still reuses the shared head
     assert e is head and n == 3
     assert pc.lookup("a", [1, 2])[1] == 1  # always leaves one token to feed
-    pc.store("c", entry(list(range(20, 30))))  # over the budget: the least recently used goes
-    assert "a" not in pc.entries and "c" in pc.entries
-    pc.release(["c"])
+    pc.store("c", entry(list(range(20, 30))))  # over the cache's limit: the new entry is not kept, "a" keeps its own
+    assert "a" in pc.entries and "c" not in pc.entries and pc.evicted == 1
+    pc.release(["a"])
     assert not pc.entries
 
 
-def test_one_budget_bounds_every_cache_on_a_model_least_recently_used_first():
+def test_one_budget_bounds_every_cache_on_a_model_newest_entry_first():
     import threading
 
     import torch
@@ -72,13 +72,14 @@ def test_one_budget_bounds_every_cache_on_a_model_least_recently_used_first():
 
     a.store("x", entry(10))
     b.store("y", entry(10))
-    a.lookup("x", list(range(12)))  # x used again: y is now the least recently used
-    b.store("z", entry(10))  # 30 > 25: y goes, though it is b's own and b is storing
-    assert set(a.entries) == {"x"} and set(b.entries) == {"z"} and held() == 20 and budget.evicted == 1
+    b.store("z", entry(10))  # 30 > 25: z goes (the newest), x and y keep theirs for their next turns
+    assert set(a.entries) == {"x"} and set(b.entries) == {"y"} and held() == 20 and budget.evicted == 1
     a.store("x", entry(12))  # a conversation's next turn replaces its entry, never counts twice
     assert held() == 22 == budget.tokens
-    b.release(["z"])
-    assert held() == 12 == budget.tokens
+    a.store("x", entry(16))  # grown past the limit: x is now the newest and goes; y stays
+    assert not a.entries and set(b.entries) == {"y"} and held() == 10 == budget.tokens and budget.evicted == 2
+    b.release(["y"])
+    assert held() == 0 == budget.tokens
     # released while another thread stores: every store keeps the sum within the limit
     errors = []
 
