@@ -78,6 +78,9 @@ class LoraTrainConfig(BaseModel):
     train_examples: int = 0  # 0: all
     resume_from: str = ""  # an earlier run's folder (adapter, manifest.json or metrics.json, curves.parquet)
     init_from: str = ""  # an adapter folder whose weights start this run (relative paths: to the repository too)
+    #: The digest ``init_from`` must hold ("" for any): set when a shipped adapter is rebuilt, so a folder that was
+    #: overwritten since (a retrained adapter shipped where its starting weights were) is never taken silently.
+    init_digest: str = ""
 
     @classmethod
     def full(cls) -> LoraTrainConfig:
@@ -258,7 +261,12 @@ def reproduction_stages(manifest: dict) -> list[LoraTrainConfig]:
     on the machine's speed, a step count does not). Every stage after the first resumes from the one before it: the
     caller sets ``resume_from`` to where that stage's output went. A run started from another adapter's weights
     (``init_from``) is the first stage: those weights (checked by digest) are its input, the runs that made them are
-    not repeated."""
+    not repeated, as long as the folder still holds them (the stage carries their digest, ``init_digest``); where it
+    no longer does (a retrained adapter was shipped into the folder it started from), the runs that made them come
+    first, from their manifest kept as ``previous``, and the caller starts this stage from their output (an
+    ``init_from`` stage after the first: ``init_from`` replaced, ``init_digest`` cleared)."""
+    from agreemate_lib.training.shipping import adapter_digest
+
     chain = []
     m: dict | None = manifest
     while m is not None:
@@ -266,18 +274,30 @@ def reproduction_stages(manifest: dict) -> list[LoraTrainConfig]:
         m = m.get("previous")
     # a run started from another adapter's weights (init_from) is where the chain starts: those weights are its input
     first = next((k for k, m in enumerate(chain) if m["training_config"].get("init_from")), len(chain) - 1)
+    ancestors: list[LoraTrainConfig] = []
+    start = chain[first]
+    want = start["metrics"].get("initialized_from_digest", "")
+    if start["training_config"].get("init_from") and want:
+        folder = run_folder(start["training_config"]["init_from"])
+        held = adapter_digest(folder) if (folder / "adapter_model.safetensors").is_file() else None
+        if held != want:
+            if start.get("previous") is None:
+                raise ValueError(f"the adapter this one started from ({want}) is no longer in {folder}, and its "
+                                 "manifest does not record how it was made")
+            ancestors = reproduction_stages(start["previous"])
     chain = chain[: first + 1]
     stages, done = [], 0
     for m in reversed(chain):
         steps = int(m["metrics"]["steps"])
+        init_digest = m["metrics"].get("initialized_from_digest", "") if m["training_config"].get("init_from") else ""
         cfg = LoraTrainConfig(**m["training_config"]).model_copy(
-            update={"max_steps": steps, "max_minutes": 0.0, "resume_from": ""})
+            update={"max_steps": steps, "max_minutes": 0.0, "resume_from": "", "init_digest": init_digest})
         if int(m["metrics"].get("resumed_at_step", 0)) != done:
             raise ValueError(f"the manifest chain is broken: a run resumed at step "
                              f"{m['metrics'].get('resumed_at_step', 0)} after a run of {done} steps")
         stages.append(cfg)
         done = steps
-    return stages
+    return ancestors + stages
 
 
 def check_resume_data(cfg: LoraTrainConfig, data_version: str) -> None:
@@ -362,6 +382,11 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         raise ValueError("resume_from and init_from exclude each other: resume a run, or start from an adapter")
     resumed = resume_state(cfg.resume_from) if cfg.resume_from else None  # a changed adapter fails here, early
     init = start_weights(cfg.init_from) if cfg.init_from else None
+    if init is not None and cfg.init_digest and init["digest"] != cfg.init_digest:
+        from agreemate_lib.training.shipping import AdapterDigestError
+
+        raise AdapterDigestError(f"init_from {init['folder']} holds adapter {init['digest']}, but this run starts from "
+                                 f"{cfg.init_digest}: the starting adapter was replaced")
     tok, model, quant, note = load_base(cfg, device)
     if note:
         log(note)

@@ -164,8 +164,9 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_
     out = adapter_dir(results_store, role)
     previous = None
     for k, cfg in enumerate(stages):
-        if previous is not None:
-            cfg = cfg.model_copy(update={"resume_from": str(previous)})
+        if previous is not None:  # a stage after the first resumes the one before, or starts from its weights
+            cfg = cfg.model_copy(update={"init_from": str(previous), "init_digest": ""} if cfg.init_from
+                                 else {"resume_from": str(previous)})
         check_resume_data(cfg, frame_version(df))
         last = k == len(stages) - 1
         dest = out if last else out.parent / f"{out.name}.run{k + 1}"

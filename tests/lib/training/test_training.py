@@ -303,7 +303,8 @@ def test_a_resumed_run_continues_the_weights_data_position_and_schedule(splits, 
     assert third["initialized_from_digest"] == adapter_digest(tmp_path / "second") == m3["previous"]["digest"]
     assert third["steps"] == 1 and third["examples_seen"] == 1 and "resumed_at_step" not in third
     assert pd.read_parquet(tmp_path / "started" / "curves.parquet")["step"].tolist() == [0]
-    assert [(c.max_steps, c.init_from) for c in reproduction_stages(m3)] == [(1, str(tmp_path / "second"))]
+    assert [(c.max_steps, c.init_from, c.init_digest) for c in reproduction_stages(m3)] == \
+        [(1, str(tmp_path / "second"), adapter_digest(tmp_path / "second"))]
     # an adapter trained elsewhere (peft files only, no manifest or metrics) starts a run too, named by its digest
     (tmp_path / "elsewhere").mkdir()
     for name in ("adapter_model.safetensors", "adapter_config.json"):
@@ -322,6 +323,14 @@ def test_a_resumed_run_continues_the_weights_data_position_and_schedule(splits, 
     with pytest.raises(FileNotFoundError, match="no adapter to start from"):
         train_lora(train, val, tmp_path / "third", started.model_copy(update={"init_from": str(tmp_path / "none")}),
                    log=lambda *_: None)
+    # the adapter "started" began from is replaced in its folder (a retrained one shipped there, manifest and all):
+    # a rebuild never starts from it silently, and rebuilding it comes first (second's chain: 2 steps, then 2 more)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "manifest.json"):
+        (tmp_path / "second" / name).write_bytes((tmp_path / "started" / name).read_bytes())
+    with pytest.raises(AdapterDigestError, match="was replaced"):
+        train_lora(train, val, tmp_path / "third", reproduction_stages(m3)[-1], log=lambda *_: None)
+    assert [(c.max_steps, c.init_from) for c in reproduction_stages(m3)] == \
+        [(2, ""), (4, ""), (1, str(tmp_path / "second"))]
 
 
 def test_reproduction_stages_follow_the_manifest_chain():
@@ -338,3 +347,10 @@ def test_reproduction_stages_follow_the_manifest_chain():
     third = {"training_config": {"max_minutes": 60.0, "resume_from": "/tmp/y"},
              "metrics": {"steps": 70, "resumed_at_step": 40}, "previous": started}
     assert [(c.max_steps, c.init_from) for c in reproduction_stages(third)] == [(40, "adapters/x/start"), (70, "")]
+    # ... unless that folder no longer holds the weights the run started from: then they are rebuilt first, from the
+    # manifest kept as "previous", or the chain says it cannot be rebuilt
+    gone = started | {"metrics": {"steps": 40, "initialized_from_digest": "0123456789abcdef"}}
+    assert [(c.max_steps, c.init_from) for c in reproduction_stages(third | {"previous": gone})] == \
+        [(82, ""), (160, ""), (40, "adapters/x/start"), (70, "")]
+    with pytest.raises(ValueError, match="does not record how it was made"):
+        reproduction_stages(third | {"previous": gone | {"previous": None}})
