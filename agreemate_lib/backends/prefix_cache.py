@@ -151,7 +151,7 @@ class PrefixCache:
         if not key:
             return
         with self._lock:
-            self._forget(key)
+            self.release([key])  # its entry of the turn before, here and in the budget
             self.entries[key] = entry
             self._tokens += entry.own_length
             if self._tokens > self.max_tokens:  # over this cache's own limit: the new entry is not kept

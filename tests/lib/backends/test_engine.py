@@ -78,6 +78,9 @@ def test_one_budget_bounds_every_cache_on_a_model_newest_entry_first():
     assert held() == 22 == budget.tokens
     a.store("x", entry(16))  # grown past the limit: x is now the newest and goes; y stays
     assert not a.entries and set(b.entries) == {"y"} and held() == 10 == budget.tokens and budget.evicted == 2
+    b.store("y", entry(120))  # past b's own limit (100): not kept, and its old entry leaves the budget too
+    assert not b.entries and held() == 0 == budget.tokens and b.evicted == 1
+    b.store("y", entry(10))
     b.release(["y"])
     assert held() == 0 == budget.tokens
     # released while another thread stores: every store keeps the sum within the limit
