@@ -115,8 +115,8 @@ def test_pairs_run_together_match_pairs_run_alone_in_fp32_with_adapters_mixed(da
     batcher.stats = type(batcher.stats)()  # count from here (other tests of this process use the same base)
     alone = [run_negotiations(scen, b, s, cfg) for b, s in pairs]
     before = batcher.stats.max_calls
-    # together, the pairs' conversations exceed the model's cache budget: the least recently used are evicted and
-    # their next prompts prefilled in full (12 conversations of ~500 tokens against 600)
+    # together, the pairs' conversations exceed the model's cache budget: the newest entries are evicted and those
+    # conversations' next prompts prefilled in full (12 conversations of ~500 tokens against 600)
     budget = base.shared.kv_budget
     limit, evicted = budget.max_tokens, budget.evicted
     budget.max_tokens = 600
