@@ -277,6 +277,7 @@ class SharedBase:
         from agreemate_lib.backends.batching import Batcher
 
         self.tokenizer, self.base = tokenizer, base
+        self.name = ""  # how the batch and cache statistics name it (set by shared_base)
         #: Merges the generate calls of every pair running in this process on this base (one thread each).
         self.batcher = Batcher()
         from agreemate_lib.backends.prefix_cache import KVBudget, default_budget_tokens
@@ -340,10 +341,8 @@ _SHARED_LOCK = threading.Lock()
 
 def kv_budgets() -> dict[str, dict]:
     """Each loaded shared base's cache budget: its limit, the tokens kept now and the conversations evicted."""
-    return {f"{k[0]}/{k[1].removeprefix('torch.')}/{k[2]}": {"max_tokens": s.kv_budget.max_tokens,
-                                                            "tokens": s.kv_budget.tokens,
-                                                            "evicted": s.kv_budget.evicted}
-            for k, s in _SHARED.items()}
+    return {s.name: {"max_tokens": s.kv_budget.max_tokens, "tokens": s.kv_budget.tokens,
+                     "evicted": s.kv_budget.evicted} for s in _SHARED.values()}
 
 
 def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",
@@ -363,6 +362,6 @@ def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",
         from agreemate_lib.backends.batching import register
 
         _SHARED[key] = shared = SharedBase(tok, lm)
-        register(f"{model}/{key[1].removeprefix('torch.')}/{dev}" + (f"/{quantization}" if quantization else ""),
-                 shared.batcher)
+        shared.name = f"{model}/{key[1].removeprefix('torch.')}/{dev}" + (f"/{quantization}" if quantization else "")
+        register(shared.name, shared.batcher)
         return shared
