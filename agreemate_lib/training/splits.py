@@ -38,13 +38,7 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
     target, the seller's floor) and only then the decision, so an agent that writes its reasoning before its action
     has the numbers in front of it when it decides (accept, counter, walk away). A new price is placed between the
     two numbers it should lie between (the own last price, or the target before one, and theirs), so the model copies
-    its bounds into the text right before it writes the price instead of doing arithmetic it cannot.
-
-    A turn that only talks (no price, no accept or walk-away) names no number at all: with the numbers in front of
-    it, the 135M model copied the target it had just written into the words of a priceless act (words contradicting
-    the price field, docs/finetuning_and_probing.md)."""
-    if price is None and action not in ("accept", "reject", "quit"):
-        return "I talk before I move."
+    its bounds into the text right before it writes the price instead of doing arithmetic it cannot."""
     limit = f" (never below {format_money(floor)})" if floor is not None else ""
     mine = f" I was at {format_money(own_last)};" if own_last is not None else ""
     if other_last is not None:
@@ -64,7 +58,9 @@ def numeric_thought(role: str, own_target: float, other_last: float | None, own_
         return f"{head} I say {format_money(price)}, {abs(gap):.0%} {'above' if gap >= 0 else 'below'} my target."
     if action == "accept":
         return f"{head} Close enough: I take their price."
-    return f"{head} Too far apart: I walk away."  # reject, quit
+    if action in ("reject", "quit"):
+        return f"{head} Too far apart: I walk away."
+    return f"{head} I talk before I move."
 
 
 #: Words for the Craigslist events that carry none (an offer, accept, reject or quit made with the button).

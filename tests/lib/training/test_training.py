@@ -204,15 +204,11 @@ def test_numeric_thought_and_schedule():
     assert t.endswith("I answer $150, between $100 and their $200.")
     assert numeric_thought("buyer", 100.0, 200.0, 120.0, 150.0, "offer").endswith("between $120 and their $200.")
     assert numeric_thought("buyer", 100.0, 200.0, 120.0, 120.0, "insist").endswith("I hold at $120.")
-    # the numbers come before the decision, the same way for every act that prices, accepts or walks away (a
-    # seller's floor included)
+    assert "None" not in numeric_thought("seller", 200.0, None, None, None, "inquire")
+    # the numbers come before the decision, the same way for every act (a seller's floor included)
     heads = {numeric_thought("seller", 200.0, 120.0, 210.0, p, a, floor=140.0).split(".")[0]
-             for p, a in ((180.0, "counter-price"), (None, "accept"), (None, "quit"), (None, "reject"))}
+             for p, a in ((180.0, "counter-price"), (None, "accept"), (None, "quit"), (None, "inform"))}
     assert heads == {"They are at $120; I was at $210; my target is $200 (never below $140)"}
-    # a turn that only talks names no number, so its words have none to copy
-    for act in ("inquire", "inform", "intro", "agree", "disagree"):
-        assert numeric_thought("seller", 200.0, 120.0, 210.0, None, act, floor=140.0) == "I talk before I move."
-        assert "$" not in numeric_thought("buyer", 100.0, None, None, None, act)
     cfg = LoraTrainConfig(warmup_steps=2, cycle_steps=4, min_lr_ratio=0.1)
     m = [lr_multiplier(s, cfg) for s in range(12)]
     assert m[0] < m[1] == 1.0 and m[2] == 1.0 and m[5] < m[2] and m[6] == 1.0  # restarts every 4 steps
