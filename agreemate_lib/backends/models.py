@@ -273,11 +273,11 @@ class SharedBase:
     into it in place, and every call then goes through :attr:`module` with one adapter name per row
     (:meth:`call_kwargs`; ``__base__`` runs the untouched base weights)."""
 
-    def __init__(self, tokenizer, base):
+    def __init__(self, tokenizer, base, name: str = ""):
         from agreemate_lib.backends.batching import Batcher
 
         self.tokenizer, self.base = tokenizer, base
-        self.name = ""  # how the batch and cache statistics name it (set by shared_base)
+        self.name = name  # how the batch and cache statistics name it (shared_base's key, spelled once)
         #: Merges the generate calls of every pair running in this process on this base (one thread each).
         self.batcher = Batcher()
         from agreemate_lib.backends.prefix_cache import KVBudget, default_budget_tokens
@@ -361,7 +361,7 @@ def shared_base(model: str, *, dtype: str | None = "auto", device: str = "auto",
         use_packed_sdpa(lm)  # unpadded CPU decode steps of grouped-query models: the packed path, not enable_gqa
         from agreemate_lib.backends.batching import register
 
-        _SHARED[key] = shared = SharedBase(tok, lm)
-        shared.name = f"{model}/{key[1].removeprefix('torch.')}/{dev}" + (f"/{quantization}" if quantization else "")
-        register(shared.name, shared.batcher)
+        name = f"{model}/{key[1].removeprefix('torch.')}/{dev}" + (f"/{quantization}" if quantization else "")
+        _SHARED[key] = shared = SharedBase(tok, lm, name)
+        register(name, shared.batcher)
         return shared
