@@ -201,8 +201,24 @@ def price_moves(speakers: Sequence[str], prices: Sequence[float | None]) -> list
     return out
 
 
+def _answered_prices(x: MetricInputs) -> list[float | None]:
+    """Each turn's price field, except that an accept or reject without one answers the other side's last price: the
+    price its words refer to ("Deal, $90 it is." accepts 90). Without speakers, the fields as they are."""
+    sp, acts = x.outcome.speakers, x.outcome.actions
+    if not sp or len(sp) != len(x.prices):
+        return list(x.prices)
+    out, last = [], {}
+    for who, act, price in zip(sp, acts, x.prices):
+        other = next((v for k, v in last.items() if k != who), None)
+        out.append(other if price is None and act in ("accept", "reject") else price)
+        if price is not None:
+            last[who] = price
+    return out
+
+
 @register_metric("utterance_price_mismatch", formula="share of turns whose words name a price (within 0.1 L .. 3 L) "
-                 "that is not the turn's price field", bounds=(0.0, 1.0), doc_range="[0, 1]",
+                 "that is not the turn's price field (for an accept or reject without one: the other side's last "
+                 "price, the one it answers)", bounds=(0.0, 1.0), doc_range="[0, 1]",
                  undefined="no turn names a price in its words; utterances unknown", direction="lower")
 def utterance_price_mismatch(x: MetricInputs) -> float:
     from agreemate_lib.core.money import price_spans
@@ -210,7 +226,7 @@ def utterance_price_mismatch(x: MetricInputs) -> float:
     if x.outcome.utterances is None:
         return NAN
     said = bad = 0
-    for utt, price in zip(x.outcome.utterances, x.prices):
+    for utt, price in zip(x.outcome.utterances, _answered_prices(x)):
         named = [s.value for s in price_spans(utt or "") if 0.1 * x.L <= s.value <= 3 * x.L]
         if not named:
             continue

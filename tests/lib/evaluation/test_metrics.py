@@ -178,6 +178,11 @@ def test_competence_metrics_on_a_bad_haggler():
     assert m2["deal_outside_limits"] == 1.0 and m2["reneging_rate"] == 0.0
     unoffered = NegotiationOutcome(**{**o.__dict__, "accepted_price": 80.0})
     assert negotiation_metrics(unoffered)["accepted_unoffered"] == 1.0
+    # an accept's words name the price it accepts (the other side's last one): consistent; another price is not
+    said_deal = NegotiationOutcome(**{**o.__dict__, "utterances": [*o.utterances[:-1], "Deal, $90 it is."]})
+    assert negotiation_metrics(said_deal)["utterance_price_mismatch"] == pytest.approx(1 / 6)
+    other_deal = NegotiationOutcome(**{**o.__dict__, "utterances": [*o.utterances[:-1], "Deal at $98."]})
+    assert negotiation_metrics(other_deal)["utterance_price_mismatch"] == pytest.approx(2 / 6)
     no_words = NegotiationOutcome(**{**o.__dict__, "utterances": None})
     assert math.isnan(negotiation_metrics(no_words)["utterance_price_mismatch"])
     p = act_distribution([["offer", "accept"], ["inquire", "unknown"]])
