@@ -85,16 +85,42 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
         summary = summarize(table, "pair", n_boot=args.n_boot, act_reference=human_act_distribution())
         col = "pair"
+    paired = None
+    if args.paired_against:
+        pairs = sorted(set(table["pair"]))
+        if args.paired_against not in pairs:
+            print(f"agreemate metrics: --paired-against {args.paired_against!r} is none of the pairs read: "
+                  f"{', '.join(pairs)}", file=sys.stderr)
+            return 2
+        paired = _paired_rows(table, args.paired_against)
     if args.json:
-        print(json.dumps(to_json_records(summary, col)))
+        records = to_json_records(summary, col)
+        print(json.dumps(records if paired is None else {"pairs": records, "paired": paired}))
     else:
         import pandas as pd
 
         with pd.option_context("display.max_columns", None, "display.width", 200):
             print(summary[[col, "n", *[c for c in ("error_rate",) if c in summary], *metric_names()]]
                   .to_string(index=False))
+            if paired is not None:
+                print(f"\npaired per scenario, each pair minus {args.paired_against} (sign-flip permutation test, "
+                      "bootstrap 95% CI of the mean difference):")
+                print(pd.DataFrame(paired)[["pair_a", "metric", "n_matched", "mean_difference", "ci_low", "ci_high",
+                                            "p_value"]].to_string(index=False))
         print(f"formula: {', '.join(sorted(set(table['formula'])))}")
     return 0
+
+
+def _paired_rows(table, against: str) -> list[dict]:
+    """Every other pair against ``against`` on every metric, matched by scenario (the report's paired test)."""
+    import math
+
+    from agreemate_lib.evaluation.comparisons import paired_comparison
+
+    t = table[table["outcome"] != "error"] if "outcome" in table else table
+    rows = [paired_comparison(t, pair, against, m) for pair in sorted(set(t["pair"]) - {against})
+            for m in metric_names()]
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -187,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--group-by", choices=["pair", "cot"], default="pair")
     m.add_argument("--n-boot", type=int, default=2000)
     m.add_argument("--json", action="store_true")
+    m.add_argument("--paired-against", metavar="PAIR",
+                   help="also test every other pair against this one, scenario by scenario (the report's paired "
+                        "test); with --json the output is {\"pairs\": [...], \"paired\": [...]}")
     m.set_defaults(func=_cmd_metrics)
 
     b = sub.add_parser("bench", help="naive path vs the batched engine (and llama.cpp where installed)")

@@ -121,6 +121,29 @@ def test_paper_mode_reproduces_published_rows(name):
     assert checked >= 150
 
 
+def test_cli_metrics_paired_against_a_pair(capsys):
+    """``--paired-against``: every other pair minus the named one, scenario by scenario, on the paper's 30 listings;
+    a pair that was not read is a clear error."""
+    from agreemate_lib.cli.main import main
+
+    files = [str(PUBLISHED / "baseline-3B-buyer+baseline-3B-seller.csv"),
+             str(PUBLISHED / "finetune-3B-buyer+finetune-3B-seller.csv")]
+    assert main(["metrics", *files, "--json"]) == 0
+    pairs = {r["group"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+    base = next(p for p in pairs if p.startswith("baseline"))
+    assert main(["metrics", *files, "--json", "--paired-against", base]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {r["group"] for r in out["pairs"]} == set(pairs)
+    (ft,) = set(pairs) - {base}
+    agree = next(r for r in out["paired"] if r["metric"] == "agreement_rate")
+    assert agree["pair_a"] == ft and agree["pair_b"] == base and agree["n_matched"] == 30
+    # every scenario matched: the mean of the differences is the difference of the means
+    assert agree["mean_difference"] == pytest.approx(pairs[ft]["agreement_rate"] - pairs[base]["agreement_rate"])
+    assert agree["ci_low"] <= agree["mean_difference"] <= agree["ci_high"] and 0 < agree["p_value"] <= 1
+    assert main(["metrics", *files, "--paired-against", "no-such+pair"]) == 2
+    assert "none of the pairs read" in capsys.readouterr().err
+
+
 def test_cli_metrics_paper_matches_file_means(capsys):
     from agreemate_lib.cli.main import main
 
