@@ -22,7 +22,8 @@ def test_an_edit_changes_the_version(tmp_path, monkeypatch):
     v1 = source_version("vpkg")
     assert source_version("vpkg") == v1
     # a comment, a docstring and layout cannot change what the code computes: the assets stay fresh
-    (pkg / "mod.py").write_text('"""A module."""\n# a comment\nX = (\n    1)\n\n\ndef f():\n    """Doc."""\n    return X\n')
+    (pkg / "mod.py").write_text('"""A module."""\n# a comment\nX = (\n    1)\n\n\ndef f():\n    """Doc."""\n'
+                                '    return X\n')
     v2 = source_version("vpkg")
     (pkg / "mod.py").write_text('"""Another text."""\nX = 1  # changed comment\n\n\ndef f():\n    """Other doc."""\n'
                                 '    return X\n')
