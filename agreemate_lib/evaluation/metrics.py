@@ -237,13 +237,19 @@ def utterance_price_mismatch(x: MetricInputs) -> float:
 
 @register_metric("accepted_unoffered", formula="1 if the deal's price is none of the prices the other side (the "
                  "one that did not close) named, else 0", bounds=(0.0, 1.0), doc_range="{0, 1}",
-                 undefined="no deal; speakers unknown", direction="lower")
+                 undefined="no deal; speakers unknown; the other side has no price on record (nothing to compare "
+                 "with: the published runs' unparsed prices)", direction="lower")
 def accepted_unoffered(x: MetricInputs) -> float:
     sp = x.outcome.speakers
     if x.p is None or not sp:
         return NAN
     closer = sp[-1]
     offered = [p for who, p in zip(sp, x.prices) if who != closer and p is not None]
+    # Our runner makes a deal only at the other side's last price (an accept with none is no deal), so our own runs
+    # score 0 by construction; the published runs take the price from the model's words. With no price of the other
+    # side on record (their parser's -1), whether it was offered is unknown: undefined, not a violation.
+    if not offered:
+        return NAN
     return float(not any(abs(p - x.p) < 0.005 for p in offered))
 
 

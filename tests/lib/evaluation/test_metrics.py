@@ -201,6 +201,9 @@ def test_competence_metrics_on_a_bad_haggler():
     assert m2["deal_outside_limits"] == 1.0 and m2["reneging_rate"] == 0.0
     unoffered = NegotiationOutcome(**{**o.__dict__, "accepted_price": 80.0})
     assert negotiation_metrics(unoffered)["accepted_unoffered"] == 1.0
+    # the other side has no price on record (the published runs' unparsed -1): unknown, not a violation
+    nothing_named = NegotiationOutcome(**{**o.__dict__, "prices": [None, 95.0, None, 98.0, None, None]})
+    assert math.isnan(negotiation_metrics(nothing_named)["accepted_unoffered"])
     # an accept's words name the price it accepts (the other side's last one): consistent; another price is not
     said_deal = NegotiationOutcome(**{**o.__dict__, "utterances": [*o.utterances[:-1], "Deal, $90 it is."]})
     assert negotiation_metrics(said_deal)["utterance_price_mismatch"] == pytest.approx(1 / 6)
