@@ -8,6 +8,7 @@ rarely)."""
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -25,7 +26,14 @@ def _files(name: str) -> list[Path]:
 
 def _code(path: Path) -> bytes:
     """The module's syntax tree, docstrings left out (comments and layout are not in it)."""
-    tree = ast.parse(path.read_bytes(), filename=str(path))
+    return _tree_of(path.read_bytes())
+
+
+@functools.cache
+def _tree_of(source: bytes) -> bytes:
+    """Parsed once per source text and process: every domain's version hashes ``agreemate_lib.core`` again, and the
+    definitions load in every run worker."""
+    tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
