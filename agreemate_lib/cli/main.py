@@ -92,10 +92,14 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
             print(f"agreemate metrics: --paired-against {args.paired_against!r} is none of the pairs read: "
                   f"{', '.join(pairs)}", file=sys.stderr)
             return 2
-        paired = _paired_rows(table, args.paired_against)
+        from agreemate_lib.evaluation.comparisons import paired_against
+
+        paired = paired_against(table, args.paired_against, metric_names())
     if args.json:
         records = to_json_records(summary, col)
-        print(json.dumps(records if paired is None else {"pairs": records, "paired": paired}))
+        print(json.dumps(records if paired is None else
+                         {"pairs": records, "paired": paired.astype(object).where(paired.notna(), None)
+                          .to_dict("records")}))
     else:
         import pandas as pd
 
@@ -105,22 +109,10 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
             if paired is not None:
                 print(f"\npaired per scenario, each pair minus {args.paired_against} (sign-flip permutation test, "
                       "bootstrap 95% CI of the mean difference):")
-                print(pd.DataFrame(paired)[["pair_a", "metric", "n_matched", "mean_difference", "ci_low", "ci_high",
+                print(paired[["pair_a", "metric", "n_matched", "mean_difference", "ci_low", "ci_high",
                                             "p_value"]].to_string(index=False))
         print(f"formula: {', '.join(sorted(set(table['formula'])))}")
     return 0
-
-
-def _paired_rows(table, against: str) -> list[dict]:
-    """Every other pair against ``against`` on every metric, matched by scenario (the report's paired test)."""
-    import math
-
-    from agreemate_lib.evaluation.comparisons import paired_comparison
-
-    t = table[table["outcome"] != "error"] if "outcome" in table else table
-    rows = [paired_comparison(t, pair, against, m) for pair in sorted(set(t["pair"]) - {against})
-            for m in metric_names()]
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agreemate_lib.evaluation.tables import published_table, summarize, summarize_pairs_then_groups
+from agreemate_lib.evaluation.tables import published_table, scored, summarize, summarize_pairs_then_groups
 
 SIZES = ("3B", "8B", "70B")
 TABLE3_METRICS = ("aggressiveness", "bias", "dialogue_length", "fairness", "concession_rate", "probing_ratio",
@@ -73,6 +73,14 @@ def paired_comparison(table: pd.DataFrame, pair_a: str, pair_b: str, metric: str
                   "ci_low": float(np.quantile(boots, 0.025)), "ci_high": float(np.quantile(boots, 0.975))}
 
 
+def paired_against(table: pd.DataFrame, against: str, metrics: Sequence[str], n_perm: int = 10000) -> pd.DataFrame:
+    """Every other pair of ``table`` against the pair ``against`` on each metric, scenario by scenario
+    (:func:`paired_comparison`; one row per (pair, metric))."""
+    t = scored(table)
+    return pd.DataFrame([paired_comparison(t, pair, against, m, n_perm=n_perm)
+                         for pair in sorted(set(t["pair"]) - {against}) for m in metrics])
+
+
 def group_tables(table: pd.DataFrame, groups: dict[str, str], n_boot: int = 2000) -> pd.DataFrame:
     """Means per group both ways: over pairs (``by=pairs``) and pooled over negotiations (``by=negotiations``).
 
@@ -104,8 +112,7 @@ def finetuning_comparison(table: pd.DataFrame, published_dir: str | Path | None 
                           n_perm: int = 10000) -> pd.DataFrame:
     """Paired per-scenario tests of each fine-tuned pair against base (and against the published Llama-3B fine-tuned
     rows on the same listings where the scenarios are the paper's): one row per (comparison, metric)."""
-    t = table[table["outcome"] != "error"] if "outcome" in table else table
-    frames = [t]
+    frames = [scored(table)]
     others: dict[str, str] = {}
     if published_dir:
         for label, name in PUBLISHED_FINETUNED.items():

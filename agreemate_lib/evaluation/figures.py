@@ -20,8 +20,9 @@ def _alt():
 def cell_estimates(table: pd.DataFrame, metric: str, keys: list[str], n_boot: int = 1000) -> pd.DataFrame:
     """Mean and bootstrap 95% CI of a metric per group of ``keys``, over the negotiations that ended with a result."""
     from agreemate_lib.evaluation.metrics import bootstrap_mean
+    from agreemate_lib.evaluation.tables import scored
 
-    t = table[table["outcome"] != "error"] if "outcome" in table else table
+    t = scored(table)
     rows = []
     for key, g in t.groupby(keys, sort=False):
         e = bootstrap_mean(g[metric].tolist(), n_boot=n_boot)

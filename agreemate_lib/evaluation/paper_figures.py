@@ -129,7 +129,9 @@ def published_frames(directory: str | Path, files: list[str] | None = None) -> t
 
 def human_reference(human_table: pd.DataFrame, metrics) -> dict[str, float]:
     """The human dialogues' mean of each metric (a reference line in the figures)."""
-    t = human_table[human_table["outcome"] != "error"] if "outcome" in human_table else human_table
+    from agreemate_lib.evaluation.tables import scored
+
+    t = scored(human_table)
     return {m: float(t[m].mean()) for m in metrics if m in t and t[m].notna().any()}
 
 

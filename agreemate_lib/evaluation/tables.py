@@ -105,6 +105,11 @@ def load_table(paths: Iterable[str | Path], mode: str = "corrected") -> pd.DataF
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def scored(table: pd.DataFrame) -> pd.DataFrame:
+    """The negotiations that enter the metrics: all but those that ended in ``error`` (no reply from a backend)."""
+    return table[table["outcome"] != "error"] if "outcome" in table else table
+
+
 def summarize(table: pd.DataFrame, by: str | list[str] = "pair", n_boot: int = 2000, seed: int = 0,
               act_reference: dict[str, float] | None = None) -> pd.DataFrame:
     """Mean and bootstrap 95% CI of every metric per group, pooled over the negotiations that ended with a result.
