@@ -109,8 +109,8 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
             if paired is not None:
                 print(f"\npaired per scenario, each pair minus {args.paired_against} (sign-flip permutation test, "
                       "bootstrap 95% CI of the mean difference):")
-                print(paired[["pair_a", "metric", "n_matched", "mean_difference", "ci_low", "ci_high",
-                                            "p_value"]].to_string(index=False))
+                print(paired[["pair_a", "metric", "n_matched", "mean_difference", "ci_low", "ci_high", "p_value"]]
+                      .to_string(index=False))
         print(f"formula: {', '.join(sorted(set(table['formula'])))}")
     return 0
 
