@@ -53,6 +53,20 @@ class GrowingLayer(DynamicLayer):
         self.values = self._vbuf[:, :, : n_old + n_new]
         return self.keys, self.values
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (ended rows dropped from a batch), with the same room ahead: one copy of the
+        filled part, where transformers' selection would leave views that the next step copies again."""
+        if not self._ours():
+            return super().batch_select_indices(indices)
+        n = self.get_seq_length()
+        _, h, cap, d = self._kbuf.shape
+        kbuf = self._kbuf.new_empty((len(indices), h, cap, d))
+        vbuf = torch.empty_like(kbuf)
+        kbuf[:, :, :n] = self.keys.index_select(0, indices)
+        vbuf[:, :, :n] = self.values.index_select(0, indices)
+        self._kbuf, self._vbuf = kbuf, vbuf
+        self.keys, self.values = kbuf[:, :, :n], vbuf[:, :, :n]
+
     def reset(self) -> None:
         self._kbuf = self._vbuf = None
         super().reset()

@@ -334,6 +334,10 @@ class TurnMachineProcessor:
         finally:
             self.elapsed += time.perf_counter() - t0
 
+    def select(self, keep: list[int]) -> None:
+        """Keep the machines of rows ``keep`` (ended rows dropped from the batch)."""
+        self.machines = [self.machines[i] for i in keep]
+
     def _stack_on(self, device, vocab: int) -> torch.Tensor:
         """[2 + masks, vocab] bool on ``device``: none, all, then each distinct mask (rebuilt when one is added)."""
         if self._stack is None or self._stack.shape[0] != 2 + len(self._masks):

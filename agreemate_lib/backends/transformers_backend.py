@@ -79,6 +79,15 @@ class RowSampler:
         j = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=probs.shape[1] - 1)
         return order.gather(1, j)
 
+    def select(self, keep: list[int]) -> None:
+        """Keep rows ``keep`` (ended rows dropped from the batch): their seeds, settings and generators' states."""
+        self.seeds = [self.seeds[i] for i in keep]
+        self.temperature = [self.temperature[i] for i in keep]
+        self.top_p = [self.top_p[i] for i in keep]
+        if self.generators is not None:
+            self.generators = [self.generators[i] for i in keep]
+            self._per_row = tuple(t[keep] for t in self._per_row)
+
     def __call__(self, input_ids, scores):
         import torch
 
@@ -119,6 +128,12 @@ class RowRepetitionPenalty:
         self._column = None  # the penalties on the scores' device, made once
         self.elapsed = 0.0
 
+    def select(self, keep: list[int]) -> None:
+        """Keep rows ``keep`` (ended rows dropped from the batch)."""
+        self.penalties = [self.penalties[i] for i in keep]
+        if self._column is not None:
+            self._column = self._column[keep]
+
     def __call__(self, input_ids, scores):
         import torch
 
@@ -149,6 +164,8 @@ class TransformersConfig(BackendConfig):
     device: str = "auto"
     quantization: Optional[Literal["nf4"]] = None
     batch_size: int = Field(32, ge=1)
+    #: ``engine``: the engine's own decode loop (ended rows leave the batch); ``generate``: transformers' generate.
+    decoder: Literal["engine", "generate"] = "engine"
 
 
 class TransformersBackend(ChatBackend):
@@ -170,12 +187,13 @@ class TransformersBackend(ChatBackend):
 
         c = spec.backend_config()
         return cls(spec.model, adapter=resolve_adapter(spec.adapter), dtype=c.dtype, device=c.device,
-                   quantization=c.quantization, structured=spec.structured, batch_size=c.batch_size)
+                   quantization=c.quantization, structured=spec.structured, batch_size=c.batch_size,
+                   decoder=c.decoder)
 
     def __init__(self, model: str = "smollm2", *, adapter: str | None = None, dtype: str = "auto",
                  device: str = "auto", quantization: str | None = None, structured: bool = True,
                  batch_size: int = 32, prefix_cache: bool = True, prefix_cache_tokens: int = 64_000,
-                 loaded: tuple | None = None, grow_in_place: bool = True):
+                 loaded: tuple | None = None, grow_in_place: bool = True, decoder: str = "engine"):
         from agreemate_lib.backends.models import SharedBase, shared_base
 
         self.model_name = model or "smollm2"
@@ -184,6 +202,11 @@ class TransformersBackend(ChatBackend):
         self.batch_size = max(1, batch_size)
         #: The KV cache grows in place (:mod:`.kv_cache`); False: by concatenation, as transformers does.
         self.grow_in_place = grow_in_place
+        if decoder not in ("engine", "generate"):
+            raise ValueError(f"decoder must be 'engine' or 'generate', not {decoder!r}")
+        #: ``engine``: :mod:`.decoding`'s loop (rows that have ended leave the batch); ``generate``: transformers'
+        #: ``generate`` (the naive path's, and before/after figures).
+        self.decoder = decoder
         if loaded is not None:  # a (tokenizer, model) built elsewhere (benchmarks of models built from a config)
             tok, lm = loaded
             tok.padding_side = "left"
@@ -250,7 +273,7 @@ class TransformersBackend(ChatBackend):
         if not requests:
             return []
         key = (settings.greedy, settings.max_new_tokens, self.structured, self.prefix_cache is not None,
-               self.grow_in_place)
+               self.grow_in_place, self.decoder)
         return self.shared.batcher.submit(key, _Call(self, requests, settings), _run_calls)
 
     # -- one batch of rows, possibly from several backends on the same base ----------------------------------------
@@ -299,29 +322,34 @@ class TransformersBackend(ChatBackend):
             procs.append(RowSampler(
                 [request_seed(r.settings.seed, r.req.key) for r in rows],
                 [r.settings.temperature for r in rows], [r.settings.top_p for r in rows]))
-        if past is None and self.prefix_cache is not None:
-            past = self._new_cache(enc["input_ids"].shape[1] + longest)
-        if past is not None:
-            gen_kwargs[cache_kwarg(self.model)] = past
-        gen_kwargs.update(self.shared.call_kwargs([r.backend.adapter_name for r in rows]))
-        with torch.inference_mode():
-            out = self.shared.module.generate(**enc, **gen_kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        # the engine's loop needs the structured machine to end a reply (free-form replies stop at a string)
+        engine = self.decoder == "engine" and self.structured
+        if past is None and (self.prefix_cache is not None or engine):
+            past = self._new_cache(prompt_len + longest)
+        eos = self.tokenizer.eos_token_id
+        names = [r.backend.adapter_name for r in rows]
+        if engine:
+            new = self._decode(rows, enc, past, reuse, procs, gen_kwargs["max_new_tokens"], names)
+        else:
+            if past is not None:
+                gen_kwargs[cache_kwarg(self.model)] = past
+            gen_kwargs.update(self.shared.call_kwargs(names))
+            with torch.inference_mode():
+                out = self.shared.module.generate(**enc, **gen_kwargs)
+            new = [_upto(ids, eos) for ids in out[:, prompt_len:].tolist()]
+            if past is not None:
+                self._store(rows, enc, new, past, list(range(len(rows))), list(range(len(rows))))
         elapsed = time.perf_counter() - t0
         for b in _distinct_backends(rows):
             b.stats["generate_s"] += elapsed
             b.stats["generate_calls"] += 1
-            for proc in gen_kwargs["logits_processor"]:
+            for proc in procs:
                 b.stats["sampler_s" if isinstance(proc, RowSampler) else "processor_s"] += getattr(proc, "elapsed", 0)
-        new = out[:, enc["input_ids"].shape[1] :]
-        if past is not None:
-            self._store(rows, enc, out, past)
         completions = []
         for row, r in enumerate(rows):
-            ids = new[row].tolist()
-            n_out = len(ids)
-            if self.tokenizer.eos_token_id in ids:
-                n_out = ids.index(self.tokenizer.eos_token_id) + 1
-            text = self.tokenizer.decode(ids[:n_out], skip_special_tokens=True)
+            n_out = len(new[row])
+            text = self.tokenizer.decode(new[row], skip_special_tokens=True)
             prefix = assistant_prefix(r.req.reply_format.cot) if self.structured else ""
             structured = bool(machines and machines[row].complete)
             truncated = (not machines[row].complete) if machines else ("}" not in text)
@@ -335,6 +363,38 @@ class TransformersBackend(ChatBackend):
                 )
             )
         return completions
+
+    def _decode(self, rows: list[_Row], enc: dict, past, reuse: list[int], procs, max_new_tokens: int,
+                names: list[str | None]) -> list[list[int]]:
+        """The engine's decode loop (:mod:`.decoding`): rows that have ended leave the batch, their keys and values
+        kept first (when prefixes are cached)."""
+        import torch
+
+        from agreemate_lib.backends.decoding import DecodeStats, decode
+
+        kwarg = cache_kwarg(self.model)
+
+        def forward(ids, mask, pos, at):
+            out = self.shared.module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                     logits_to_keep=1, **{kwarg: past},
+                                     **self.shared.call_kwargs([names[i] for i in at]))
+            return out.logits[:, -1, :]
+
+        def compact(ended, at, keep):
+            self._store([rows[i] for i in ended], enc, list(ended.values()), past, at, list(ended))
+            past.batch_select_indices(keep)
+
+        stats = DecodeStats()
+        with torch.inference_mode():
+            new, left = decode(forward, enc["input_ids"], enc["attention_mask"], max(reuse), list(procs),
+                               max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_token_id,
+                               pad_id=self.tokenizer.pad_token_id,
+                               compact=compact, stats=stats)
+            self._store([rows[i] for i in left], enc, [new[i] for i in left], past, list(range(len(left))), left)
+        for b in _distinct_backends(rows):
+            for k in ("steps", "row_steps", "live_row_steps", "compactions", "retired"):
+                b.stats[f"decode_{k}"] = b.stats.get(f"decode_{k}", 0) + getattr(stats, k)
+        return new
 
     # -- KV-cache reuse across turns ---------------------------------------------------------------------------
     def _encode(self, rows: list[_Row], reserve: int = 256):
@@ -419,30 +479,30 @@ class TransformersBackend(ChatBackend):
                                                     [layer.values[0].clone() for layer in past.layers]))
         self.prefix_cache.prefilled_tokens += n
 
-    def _store(self, rows: list[_Row], enc: dict, out, past) -> None:
+    def _store(self, rows: list[_Row], enc: dict, new: list[list[int]], past, at: list[int],
+               of: list[int]) -> None:
         """Keep each row's real tokens (prompt and reply up to its end) with their keys and values, in the row's
-        own backend's prefix cache."""
+        own backend's prefix cache. ``new``: each row's reply tokens; ``at``: its position in the batch cache
+        ``past``; ``of``: its row in ``enc`` (the batch as it started)."""
         import torch
 
         from agreemate_lib.backends.prefix_cache import CachedPrefix
 
         cached_len = past.get_seq_length()
         prompt_len = enc["input_ids"].shape[1]
-        eos = self.tokenizer.eos_token_id
-        for i, r in enumerate(rows):
+        for r, gen, b, i in zip(rows, new, at, of):
             cache = r.backend.prefix_cache
             if cache is None or not r.req.prefix_key:
                 continue
-            gen = out[i, prompt_len:].tolist()
-            n_gen = gen.index(eos) + 1 if eos in gen else len(gen)
             real = enc["attention_mask"][i].nonzero().flatten().tolist()
-            positions = [p for p in real + list(range(prompt_len, prompt_len + n_gen)) if p < cached_len]
-            ids = out[i, positions].tolist()
+            prompt = enc["input_ids"][i, real].tolist()
+            positions = [p for p in real + list(range(prompt_len, prompt_len + len(gen))) if p < cached_len]
+            ids = (prompt + gen)[: len(positions)]
             base = cache.base_for(ids)
             own = positions[base.length:] if base else positions
-            idx = torch.tensor(own, device=out.device)
-            keys = [layer.keys[i].index_select(1, idx) for layer in past.layers]
-            values = [layer.values[i].index_select(1, idx) for layer in past.layers]
+            idx = torch.tensor(own, device=past.layers[0].keys.device)
+            keys = [layer.keys[b].index_select(1, idx) for layer in past.layers]
+            values = [layer.values[b].index_select(1, idx) for layer in past.layers]
             cache.store(r.req.prefix_key, CachedPrefix(ids, keys, values, base))
 
 
@@ -461,6 +521,11 @@ class _Row:
     req: ChatRequest
     prompt: str
     settings: GenerationSettings
+
+
+def _upto(ids: list[int], eos: int) -> list[int]:
+    """A reply's tokens up to and including the end-of-sequence token (``generate`` pads after it)."""
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 def _distinct_backends(rows: list[_Row]) -> list[TransformersBackend]:

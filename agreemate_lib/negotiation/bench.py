@@ -296,7 +296,8 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
 
     scen = sample_scenarios("test", n_scenarios, seed).scenarios
     spec = AgentSpec(id="smollm2-greedy", temperature=0.0)
-    naive_backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=False, batch_size=1)
+    naive_backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=False, batch_size=1,
+                                       decoder="generate")
     engine_backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=True, batch_size=64)
     cfg = RunConfig(max_turns=turns, seed=seed)
     rss_before = current_rss_mib()
@@ -304,6 +305,8 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
     concat_backend = TransformersBackend("smollm2", dtype=dtype, prefix_cache=True, batch_size=64,
                                          grow_in_place=False)
     concat = _run("engine, cache by concatenation", scen, spec, concat_backend, cfg)
+    via_generate = _run("engine, transformers' generate", scen, spec, TransformersBackend(
+        "smollm2", dtype=dtype, prefix_cache=True, batch_size=64, decoder="generate"), cfg)
     naive = _run("naive", scen, spec, naive_backend, RunConfig(max_turns=turns, seed=seed, mode="naive"))
     ceiling = decode_ceiling(TransformersBackend("smollm2", dtype=dtype, prefix_cache=False))
     from agreemate_lib.core.provenance import cpu
@@ -328,6 +331,9 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
         # the same engine with transformers' KV cache (appends by concatenation) instead of the in-place one
         "engine_cache_by_concatenation": concat.summary(),
         "cache_in_place_speedup": round(engine.negotiations_per_min / concat.negotiations_per_min, 2),
+        # the same engine decoding through transformers' generate (ended rows stay in the batch) instead of its loop
+        "engine_with_transformers_generate": via_generate.summary(),
+        "own_decode_loop_speedup": round(engine.negotiations_per_min / via_generate.negotiations_per_min, 2),
         "greedy_transcripts_engine_vs_naive": compare(engine.transcripts, naive.transcripts),
     }
     if pairs > 1:
@@ -381,7 +387,8 @@ def print_report(r: dict) -> None:
         print(f"WARNING: negotiations that ended in an error (not results; the figures above include their time): "
               f"{failed}")
     print(f"speedup engine/naive: {r['speedup']}x (KV cache in place vs by concatenation: "
-          f"{r['cache_in_place_speedup']}x)")
+          f"{r['cache_in_place_speedup']}x; own decode loop vs transformers' generate: "
+          f"{r['own_decode_loop_speedup']}x)")
     if "across_pairs" in r:
         ap = r["across_pairs"]
         print(f"{ap['pairs']} pairs on these scenarios: one after another "

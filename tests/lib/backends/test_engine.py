@@ -15,7 +15,7 @@ def test_engine_matches_naive_path_exactly_in_fp32(data_dir):
 
     scen = sample_scenarios("test", 3, seed=2).scenarios
     spec = AgentSpec(id="g", temperature=0.0, max_utterance_tokens=20)
-    naive = TransformersBackend("smollm2", dtype="fp32", prefix_cache=False, batch_size=1)
+    naive = TransformersBackend("smollm2", dtype="fp32", prefix_cache=False, batch_size=1, decoder="generate")
     engine = TransformersBackend("smollm2", dtype="fp32", prefix_cache=True)
     cfg = RunConfig(max_turns=5, seed=0)
     a = run_negotiations(scen, Agent(spec, naive), Agent(spec, naive), RunConfig(max_turns=5, seed=0, mode="naive"))
@@ -28,6 +28,28 @@ def test_engine_matches_naive_path_exactly_in_fp32(data_dir):
     assert not pc.entries  # finished negotiations released their caches
     # a turn's recorded prompt tokens count only what was prefilled for it
     assert sum(t.tokens_in for n in b for t in n.turns) < sum(t.tokens_in for n in a for t in n.turns)
+
+
+def test_engine_decode_loop_drops_ended_rows_and_equals_generate_sampled_in_fp32(data_dir):
+    """The engine's own loop (rows leave the batch as they end, their caches kept for the next turn) against
+    transformers' generate, both batched with KV reuse, sampling per row at 0.7 under a repetition penalty."""
+    from agreemate_lib.backends.transformers_backend import TransformersBackend
+    from agreemate_lib.core.scenarios import sample_scenarios
+
+    scen = sample_scenarios("test", 4, seed=3).scenarios
+    spec = AgentSpec(id="s", temperature=0.7, max_utterance_tokens=24, repetition_penalty=1.1)
+    runs = {}
+    for decoder in ("generate", "engine"):
+        backend = TransformersBackend("smollm2", dtype="fp32", decoder=decoder)
+        runs[decoder] = (backend, run_negotiations(scen, Agent(spec, backend), Agent(spec, backend),
+                                                   RunConfig(max_turns=4, seed=5)))
+    (_, a), (engine, b) = runs["generate"], runs["engine"]
+    assert [[(t.action, t.price, t.utterance, t.tokens_in, t.tokens_out) for t in n.turns] for n in a] == \
+        [[(t.action, t.price, t.utterance, t.tokens_in, t.tokens_out) for t in n.turns] for n in b]
+    st = engine.stats
+    assert st["decode_compactions"] > 0 and st["decode_retired"] > 0  # rows did leave early
+    assert st["decode_live_row_steps"] <= st["decode_row_steps"] < st["decode_steps"] * len(scen)
+    assert engine.prefix_cache.reused_tokens > engine.prefix_cache.prefilled_tokens  # retired rows' caches served
 
 
 def test_prefix_cache_lookup_and_eviction():
@@ -121,6 +143,10 @@ def test_growing_cache_writes_in_place_and_matches_concatenation():
     grow.crop(-2)
     k, _ = grow.update(steps[1], steps[1])
     assert k.shape[2] == 12 and torch.equal(k[:, :, -1:], steps[1])
-    grow.batch_select_indices(torch.tensor([1]))  # replaced views: the next update re-seeds the buffer
+    kept = k[1:].clone()
+    grow.batch_select_indices(torch.tensor([1]))  # ended rows leave the batch: the kept one keeps its room ahead
+    assert torch.equal(grow.keys, kept)
+    ptr = grow.keys.data_ptr()
     k, _ = grow.update(steps[2][1:], steps[2][1:])
-    assert k.shape[:3] == (1, 3, 13) and torch.equal(k[:, :, -1:], steps[2][1:])
+    assert k.shape[:3] == (1, 3, 13) and torch.equal(k[:, :, -1:], steps[2][1:]) and torch.equal(k[:, :, :-1], kept)
+    assert k.data_ptr() == ptr  # written in place, no re-allocation
