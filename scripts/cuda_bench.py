@@ -65,7 +65,7 @@ PERSONALITIES = ("", "aggressive", "fair", "passive")
 
 
 def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool = True, pairs: int = 1,
-        together: bool = True, cache_tokens: int = 10_000_000, decoder: str = "engine") -> dict:
+        together: bool = True, cache_tokens: int = 10_000_000, decoder: str = "engine", jump: int = 0) -> dict:
     """``pairs`` model pairs (personalities differ, so prompts differ) over the same ``n`` scenarios: run together
     (one batch across pairs) or one pair after another. ``grow``: the KV cache grows in place, else by concat."""
     import torch
@@ -77,7 +77,8 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
     jobs = []
     for i in range(pairs):
         backend = TransformersBackend("random-llama-3.2-3b", loaded=(tokenizer, model), batch_size=n * pairs,
-                                      prefix_cache_tokens=cache_tokens, grow_in_place=grow, decoder=decoder)
+                                      prefix_cache_tokens=cache_tokens, grow_in_place=grow, decoder=decoder,
+                                      jump_budget=jump)
         b = Agent(AgentSpec(id=f"b{i}", temperature=0.7, personality=PERSONALITIES[i % 4]), backend)
         s = Agent(AgentSpec(id=f"s{i}", temperature=0.7, personality=PERSONALITIES[(i + 1) % 4]), backend)
         jobs.append((scenarios[:n], b, s))
@@ -109,7 +110,10 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
 
     rows_fed = sum(b.backend.stats.get("decode_row_steps", 0) - s0.get("decode_row_steps", 0)
                    for (_, b, _), s0 in zip(jobs, st0))
-    return {"config": label, "decoder": decoder, "decode_rows_fed": rows_fed or None,
+    forced = sum(b.backend.stats.get("decode_forced_tokens", 0) - s0.get("decode_forced_tokens", 0)
+                 for (_, b, _), s0 in zip(jobs, st0))
+    return {"config": label, "decoder": decoder, "jump_budget": jump, "forced_tokens_jumped": forced,
+            "decode_rows_fed": rows_fed or None,
             "kv_cache": "grows in place" if grow else "concatenation", "pairs": pairs,
             "pairs_run": "together" if together else "one after another", "dialogues": len(negs),
             "max_turns": turns, "prefix_cache_tokens": cache_tokens, "wall_s": round(wall, 2),
@@ -187,6 +191,8 @@ def main() -> int:
     p.add_argument("--compare-cache", action="store_true", help="each size also with the concatenating KV cache")
     p.add_argument("--decoders", nargs="+", default=["engine"], choices=["engine", "generate"],
                    help="each size with each: the engine's own decode loop, transformers' generate")
+    p.add_argument("--jump-budgets", type=int, nargs="+", default=[0], help="each engine run with each: row-tokens "
+                   "a step may feed when forced tokens jump forward (0: one token a step)")
     p.add_argument("--pairs", type=int, default=0, help="also: this many pairs over --dialogues[0] scenarios each, "
                    "one after another and then together in one batch")
     p.add_argument("--prefix-cache-tokens", type=int, default=10_000_000, help="the engine's KV prefix cache bound "
@@ -215,11 +221,12 @@ def main() -> int:
             compiled_generate(tok, model, args.compiled)
         run(tok, model, scen, min(8, len(scen)), 2, "warm-up")
         for n in args.dialogues:
-            for grow, decoder in [(g, d) for g in ((False, True) if args.compare_cache else (True,))
-                                  for d in args.decoders]:
+            for grow, decoder, jump in [(g, d, j) for g in ((False, True) if args.compare_cache else (True,))
+                                        for d in args.decoders for j in (args.jump_budgets if d == "engine" else [0])]:
                 try:
                     print(json.dumps(run(tok, model, scen, n, args.turns, label, grow=grow,
-                                         cache_tokens=args.prefix_cache_tokens, decoder=decoder)), flush=True)
+                                         cache_tokens=args.prefix_cache_tokens, decoder=decoder, jump=jump)),
+                          flush=True)
                 except Exception as exc:  # noqa: BLE001 - report (out of memory, say) and go on
                     print(json.dumps({"config": label, "dialogues": n, "error": f"{type(exc).__name__}: {exc}"[:500]}),
                           flush=True)

@@ -318,6 +318,7 @@ class TurnMachineProcessor:
     def __init__(self, machines: list[TurnMachine]):
         self.machines = machines
         self._started = False
+        self._advanced = False  # forced_after has fed the machines the last step's tokens
         self.elapsed = 0.0  # seconds spent here (the Python side of structured generation)
         #: Distinct vocabulary masks seen (by identity) -> their row in the device stack; rows 0 and 1 are "none
         #: allowed" (for id-list rows) and "all allowed" (for rows where anything goes).
@@ -338,6 +339,31 @@ class TurnMachineProcessor:
         """Keep the machines of rows ``keep`` (ended rows dropped from the batch)."""
         self.machines = [self.machines[i] for i in keep]
 
+    def forced_after(self, chosen: list[int], writing: list[bool], room: list[int]) -> list[list[int]]:
+        """Each writing row's machine takes its chosen token, then up to ``room`` tokens it forces after it (one
+        allowed id: the punctuation between fields, ``null``, the end of the reply; the end-of-sequence token ends
+        the run); returns those forced tokens per row. The machines have then consumed them: the next call does
+        not advance them from the sequences again."""
+        import time
+
+        t0 = time.perf_counter()
+        out: list[list[int]] = []
+        for m, tok, w, k in zip(self.machines, chosen, writing, room):
+            run: list[int] = []
+            if w and not m.done:
+                m.advance(tok)
+                while tok != m.t.eos_id and len(run) < k:
+                    allowed = m.allowed()
+                    if not isinstance(allowed, list) or len(allowed) != 1:
+                        break
+                    tok = allowed[0]
+                    run.append(tok)
+                    m.advance(tok)
+            out.append(run)
+        self._advanced = True
+        self.elapsed += time.perf_counter() - t0
+        return out
+
     def _stack_on(self, device, vocab: int) -> torch.Tensor:
         """[2 + masks, vocab] bool on ``device``: none, all, then each distinct mask (rebuilt when one is added)."""
         if self._stack is None or self._stack.shape[0] != 2 + len(self._masks):
@@ -347,11 +373,11 @@ class TurnMachineProcessor:
         return self._stack
 
     def _apply(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._started:
+        if self._started and not self._advanced:
             last = input_ids[:, -1].tolist()
             for m, tok in zip(self.machines, last):
                 m.advance(tok)
-        self._started = True
+        self._started, self._advanced = True, False
         pick: list[int] = []
         list_rows: list[int] = []
         list_ids: list[int] = []

@@ -29,7 +29,9 @@ def _attach_forward_timers(model) -> None:
 
     def pre(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        state["t"], state["n"] = time.perf_counter(), (ids.shape[1] if ids is not None else 1)
+        # a decode step of the engine's loop may feed several tokens a row (forced tokens jumping forward)
+        step = getattr(module, "_agreemate_decode_step", False)
+        state["t"], state["n"] = time.perf_counter(), (1 if step or ids is None else ids.shape[1])
 
     def post(module, args, kwargs, output):
         dt = time.perf_counter() - state.get("t", time.perf_counter())
@@ -88,6 +90,15 @@ class RowSampler:
             self.generators = [self.generators[i] for i in keep]
             self._per_row = tuple(t[keep] for t in self._per_row)
 
+    def skip(self, steps: list[int]) -> None:
+        """Rows whose next ``steps`` tokens were forced and fed without a step of their own: each draws the numbers
+        it would have drawn at those steps, so its later draws are those of decoding one token a step."""
+        import torch
+
+        for g, k in zip(self.generators, steps):
+            for _ in range(k):
+                torch.rand(1, generator=g, dtype=torch.float64)
+
     def __call__(self, input_ids, scores):
         import torch
 
@@ -133,6 +144,9 @@ class RowRepetitionPenalty:
         self.penalties = [self.penalties[i] for i in keep]
         if self._column is not None:
             self._column = self._column[keep]
+
+    def skip(self, steps: list[int]) -> None:
+        """Nothing to do for steps not seen: the penalty depends on the sequences alone."""
 
     def __call__(self, input_ids, scores):
         import torch
@@ -193,7 +207,8 @@ class TransformersBackend(ChatBackend):
     def __init__(self, model: str = "smollm2", *, adapter: str | None = None, dtype: str = "auto",
                  device: str = "auto", quantization: str | None = None, structured: bool = True,
                  batch_size: int = 32, prefix_cache: bool = True, prefix_cache_tokens: int = 64_000,
-                 loaded: tuple | None = None, grow_in_place: bool = True, decoder: str = "engine"):
+                 loaded: tuple | None = None, grow_in_place: bool = True, decoder: str = "engine",
+                 jump_budget: int = 0):
         from agreemate_lib.backends.models import SharedBase, shared_base
 
         self.model_name = model or "smollm2"
@@ -225,6 +240,11 @@ class TransformersBackend(ChatBackend):
         if not hasattr(self.model, "_agreemate_forward_stats"):
             _attach_forward_timers(self.model)
         self.device = next(self.model.parameters()).device
+        #: Forced tokens jump forward: the engine's loop feeds them in the step of the token before them, up to this
+        #: many row-tokens a step (:func:`.decoding.decode`); 0 (the default): one token a step. On the 2-core CPU
+        #: it lost (fewer steps, each dearer: docs/performance.md); not used once a LoRA adapter is loaded on the
+        #: base (peft's per-row adapter forward took 7x a one-token step for two tokens a row there).
+        self.jump_budget = jump_budget
         self.model_id = self.model_name + (f"+lora:{file_digest(adapter)}" if adapter else "")
         self._table = None
         from agreemate_lib.backends.prefix_cache import PrefixCache
@@ -273,7 +293,7 @@ class TransformersBackend(ChatBackend):
         if not requests:
             return []
         key = (settings.greedy, settings.max_new_tokens, self.structured, self.prefix_cache is not None,
-               self.grow_in_place, self.decoder)
+               self.grow_in_place, self.decoder, self.jump_budget)
         return self.shared.batcher.submit(key, _Call(self, requests, settings), _run_calls)
 
     # -- one batch of rows, possibly from several backends on the same base ----------------------------------------
@@ -338,8 +358,10 @@ class TransformersBackend(ChatBackend):
             with torch.inference_mode():
                 out = self.shared.module.generate(**enc, **gen_kwargs)
             new = [_upto(ids, eos) for ids in out[:, prompt_len:].tolist()]
-            if past is not None:
-                self._store(rows, enc, new, past, list(range(len(rows))), list(range(len(rows))))
+            if past is not None:  # generate feeds a reply's tokens one column each, the last one only if others go on
+                end = past.get_seq_length()
+                cols = [list(range(prompt_len, min(prompt_len + len(x), end))) for x in new]
+                self._store(rows, enc, new, cols, past, list(range(len(rows))), list(range(len(rows))))
         elapsed = time.perf_counter() - t0
         for b in _distinct_backends(rows):
             b.stats["generate_s"] += elapsed
@@ -374,25 +396,35 @@ class TransformersBackend(ChatBackend):
 
         kwarg = cache_kwarg(self.model)
 
+        calls = [0]
+
         def forward(ids, mask, pos, at):
+            self.model._agreemate_decode_step = calls[0] > 0  # the first call is the prefill (forward timers)
+            calls[0] += 1
             out = self.shared.module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                                      logits_to_keep=1, **{kwarg: past},
                                      **self.shared.call_kwargs([names[i] for i in at]))
             return out.logits[:, -1, :]
 
-        def compact(ended, at, keep):
-            self._store([rows[i] for i in ended], enc, list(ended.values()), past, at, list(ended))
+        def compact(ended, cols, at, keep):
+            self._store([rows[i] for i in ended], enc, list(ended.values()), list(cols.values()), past, at,
+                        list(ended))
             past.batch_select_indices(keep)
 
         stats = DecodeStats()
-        with torch.inference_mode():
-            new, left = decode(forward, enc["input_ids"], enc["attention_mask"], max(reuse), list(procs),
-                               max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_token_id,
-                               pad_id=self.tokenizer.pad_token_id,
-                               compact=compact, stats=stats)
-            self._store([rows[i] for i in left], enc, [new[i] for i in left], past, list(range(len(left))), left)
+        try:
+            with torch.inference_mode():
+                new, cols, left = decode(forward, enc["input_ids"], enc["attention_mask"], max(reuse), list(procs),
+                                         max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_token_id,
+                                         pad_id=self.tokenizer.pad_token_id, compact=compact,
+                                         jump_budget=0 if self.shared.peft is not None else self.jump_budget,
+                                         stats=stats)
+                self._store([rows[i] for i in left], enc, [new[i] for i in left], [cols[i] for i in left], past,
+                            list(range(len(left))), left)
+        finally:
+            self.model._agreemate_decode_step = False
         for b in _distinct_backends(rows):
-            for k in ("steps", "row_steps", "live_row_steps", "compactions", "retired"):
+            for k in ("steps", "row_steps", "live_row_steps", "forced_tokens", "compactions", "retired"):
                 b.stats[f"decode_{k}"] = b.stats.get(f"decode_{k}", 0) + getattr(stats, k)
         return new
 
@@ -479,25 +511,23 @@ class TransformersBackend(ChatBackend):
                                                     [layer.values[0].clone() for layer in past.layers]))
         self.prefix_cache.prefilled_tokens += n
 
-    def _store(self, rows: list[_Row], enc: dict, new: list[list[int]], past, at: list[int],
+    def _store(self, rows: list[_Row], enc: dict, new: list[list[int]], cols: list[list[int]], past, at: list[int],
                of: list[int]) -> None:
-        """Keep each row's real tokens (prompt and reply up to its end) with their keys and values, in the row's
-        own backend's prefix cache. ``new``: each row's reply tokens; ``at``: its position in the batch cache
-        ``past``; ``of``: its row in ``enc`` (the batch as it started)."""
+        """Keep each row's real tokens (prompt and the reply's tokens fed to the model) with their keys and values,
+        in the row's own backend's prefix cache. ``new``: each row's reply tokens; ``cols``: the cache columns of
+        those fed; ``at``: its position in the batch cache ``past``; ``of``: its row in ``enc`` (the batch as it
+        started)."""
         import torch
 
         from agreemate_lib.backends.prefix_cache import CachedPrefix
 
-        cached_len = past.get_seq_length()
-        prompt_len = enc["input_ids"].shape[1]
-        for r, gen, b, i in zip(rows, new, at, of):
+        for r, gen, fed, b, i in zip(rows, new, cols, at, of):
             cache = r.backend.prefix_cache
             if cache is None or not r.req.prefix_key:
                 continue
             real = enc["attention_mask"][i].nonzero().flatten().tolist()
-            prompt = enc["input_ids"][i, real].tolist()
-            positions = [p for p in real + list(range(prompt_len, prompt_len + len(gen))) if p < cached_len]
-            ids = (prompt + gen)[: len(positions)]
+            positions = real + list(fed)
+            ids = enc["input_ids"][i, real].tolist() + gen[: len(fed)]
             base = cache.base_for(ids)
             own = positions[base.length:] if base else positions
             idx = torch.tensor(own, device=past.layers[0].keys.device)

@@ -215,6 +215,8 @@ def compare(a: list, b: list) -> dict:
 
 
 PERSONALITIES = ("", "aggressive", "fair", "passive")
+#: Row-tokens a step may feed in the bench's jump-forward path (two tokens a row at 8 rows).
+JUMP_BUDGET = 16
 
 
 def across_pairs(scenarios, cfg: RunConfig, n_pairs: int, dtype: str) -> dict:
@@ -307,6 +309,8 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
     concat = _run("engine, cache by concatenation", scen, spec, concat_backend, cfg)
     via_generate = _run("engine, transformers' generate", scen, spec, TransformersBackend(
         "smollm2", dtype=dtype, prefix_cache=True, batch_size=64, decoder="generate"), cfg)
+    jumping = _run("engine, forced tokens jumping forward", scen, spec, TransformersBackend(
+        "smollm2", dtype=dtype, prefix_cache=True, batch_size=64, jump_budget=JUMP_BUDGET), cfg)
     naive = _run("naive", scen, spec, naive_backend, RunConfig(max_turns=turns, seed=seed, mode="naive"))
     ceiling = decode_ceiling(TransformersBackend("smollm2", dtype=dtype, prefix_cache=False))
     from agreemate_lib.core.provenance import cpu
@@ -334,6 +338,9 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
         # the same engine decoding through transformers' generate (ended rows stay in the batch) instead of its loop
         "engine_with_transformers_generate": via_generate.summary(),
         "own_decode_loop_speedup": round(engine.negotiations_per_min / via_generate.negotiations_per_min, 2),
+        # the engine's loop with the tokens the structured machine forces fed in the step before theirs
+        "engine_jump_forward": jumping.summary() | {"jump_budget": JUMP_BUDGET},
+        "jump_forward_speedup": round(jumping.negotiations_per_min / engine.negotiations_per_min, 2),
         "greedy_transcripts_engine_vs_naive": compare(engine.transcripts, naive.transcripts),
     }
     if pairs > 1:
@@ -388,7 +395,8 @@ def print_report(r: dict) -> None:
               f"{failed}")
     print(f"speedup engine/naive: {r['speedup']}x (KV cache in place vs by concatenation: "
           f"{r['cache_in_place_speedup']}x; own decode loop vs transformers' generate: "
-          f"{r['own_decode_loop_speedup']}x)")
+          f"{r['own_decode_loop_speedup']}x; forced tokens jumping forward vs one token a step: "
+          f"{r['jump_forward_speedup']}x)")
     if "across_pairs" in r:
         ap = r["across_pairs"]
         print(f"{ap['pairs']} pairs on these scenarios: one after another "

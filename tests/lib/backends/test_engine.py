@@ -31,16 +31,17 @@ def test_engine_matches_naive_path_exactly_in_fp32(data_dir):
 
 
 def test_engine_decode_loop_drops_ended_rows_and_equals_generate_sampled_in_fp32(data_dir):
-    """The engine's own loop (rows leave the batch as they end, their caches kept for the next turn) against
-    transformers' generate, both batched with KV reuse, sampling per row at 0.7 under a repetition penalty."""
+    """The engine's own loop (rows leave the batch as they end, their caches kept for the next turn; forced tokens
+    fed in the step before theirs) against transformers' generate, both batched with KV reuse, sampling per row at
+    0.7 under a repetition penalty."""
     from agreemate_lib.backends.transformers_backend import TransformersBackend
     from agreemate_lib.core.scenarios import sample_scenarios
 
     scen = sample_scenarios("test", 4, seed=3).scenarios
     spec = AgentSpec(id="s", temperature=0.7, max_utterance_tokens=24, repetition_penalty=1.1)
     runs = {}
-    for decoder in ("generate", "engine"):
-        backend = TransformersBackend("smollm2", dtype="fp32", decoder=decoder)
+    for decoder in ("generate", "engine"):  # the engine with forced tokens jumping forward (4 rows: up to 4 a row)
+        backend = TransformersBackend("smollm2", dtype="fp32", decoder=decoder, jump_budget=16)
         runs[decoder] = (backend, run_negotiations(scen, Agent(spec, backend), Agent(spec, backend),
                                                    RunConfig(max_turns=4, seed=5)))
     (_, a), (engine, b) = runs["generate"], runs["engine"]
@@ -48,6 +49,7 @@ def test_engine_decode_loop_drops_ended_rows_and_equals_generate_sampled_in_fp32
         [[(t.action, t.price, t.utterance, t.tokens_in, t.tokens_out) for t in n.turns] for n in b]
     st = engine.stats
     assert st["decode_compactions"] > 0 and st["decode_retired"] > 0  # rows did leave early
+    assert st["decode_forced_tokens"] > 0  # forced tokens were fed in the step before theirs
     assert st["decode_live_row_steps"] <= st["decode_row_steps"] < st["decode_steps"] * len(scen)
     assert engine.prefix_cache.reused_tokens > engine.prefix_cache.prefilled_tokens  # retired rows' caches served
 
