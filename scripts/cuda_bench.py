@@ -16,6 +16,10 @@ Inputs for a GPU machine without the project's environment (it needs torch and t
         for x in s('test', 240, 0).scenarios], open('cuda_bench_input/scenarios.json', 'w'))"
     pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d /tmp/w pydantic \
         && for w in /tmp/w/*.whl; do python -m zipfile -e $w cuda_bench_input/site/; done
+    # nf4: bitsandbytes (pure Python and one shared library per CUDA version) from this project's venv, keeping
+    # only the CUDA 13 libraries so it fits in what travels (~9 MB instead of 125 MB)
+    cp -r .venv/lib/python3.11/site-packages/bitsandbytes* cuda_bench_input/site/ \
+        && rm cuda_bench_input/site/bitsandbytes/libbitsandbytes_{cuda11,cuda12,rocm,xpu}*
     # there: PYTHONPATH=$PWD:$PWD/cuda_bench_input/site python scripts/cuda_bench.py --tokenizer cuda_bench_input \
     #        --scenarios cuda_bench_input/scenarios.json
 """
