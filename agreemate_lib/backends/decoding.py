@@ -2,8 +2,8 @@
 the rows that have ended taken out of the batch.
 
 A batch decodes until its longest reply ends. Under ``generate`` a row whose reply has ended stays in the batch and
-is fed padding every step: measured on the 2-core CPU, a ~32-row step carried ~16 rows still writing, and there a
-decode step is compute-bound from ~16 rows up (docs/performance.md), so half of it was spent on rows already done.
+is fed padding every step: in the bench's four pairs run together on the 2-core CPU, a step carried ~29 rows and
+generated 14-18 tokens, and there a step is compute-bound from ~16 rows up (docs/performance.md).
 Here, once the rows still writing are at most ``compact_at`` of the batch, the ended rows are handed to ``compact``
 (the backend keeps their keys and values for the next turn) and dropped: the KV cache, the attention mask, the
 position ids, the logits processors' per-row state and the per-row forward arguments (adapters) keep the remaining
@@ -13,7 +13,8 @@ Everything else is ``generate``'s greedy search: positions follow the attention 
 scores are the last position's logits in float32, the processors run in order on (sequences so far, scores), the
 next token is their argmax, an ended row is fed the pad token, and the loop stops when every row has produced the
 end-of-sequence token or ``max_new_tokens`` are reached. In fp32 the transcripts equal ``generate``'s
-(``tests/lib/backends/test_engine.py``).
+(``tests/lib/backends/test_engine.py``). Forced tokens may also jump forward (``jump_budget``, off by default: on the
+2-core CPU it lost, docs/performance.md).
 """
 
 from __future__ import annotations
