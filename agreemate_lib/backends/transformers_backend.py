@@ -395,7 +395,6 @@ class TransformersBackend(ChatBackend):
         from agreemate_lib.backends.decoding import DecodeStats, decode
 
         kwarg = cache_kwarg(self.model)
-
         calls = [0]
 
         def forward(ids, mask, pos, at):
