@@ -112,12 +112,9 @@ def run(tokenizer, model, scenarios, n: int, turns: int, label: str, grow: bool 
     def spent(key):  # seconds in the logits processors over all pairs' backends (a merged call counts once a pair)
         return round(sum(b.backend.stats.get(key, 0.0) - s0.get(key, 0.0) for (_, b, _), s0 in zip(jobs, st0)), 2)
 
-    rows_fed = sum(b.backend.stats.get("decode_row_steps", 0) - s0.get("decode_row_steps", 0)
-                   for (_, b, _), s0 in zip(jobs, st0))
-    forced = sum(b.backend.stats.get("decode_forced_tokens", 0) - s0.get("decode_forced_tokens", 0)
-                 for (_, b, _), s0 in zip(jobs, st0))
-    return {"config": label, "decoder": decoder, "jump_budget": jump, "forced_tokens_jumped": forced,
-            "decode_rows_fed": rows_fed or None,
+    return {"config": label, "decoder": decoder, "jump_budget": jump,
+            "forced_tokens_jumped": int(spent("decode_forced_tokens")),
+            "decode_rows_fed": int(spent("decode_row_steps")) or None,
             "kv_cache": "grows in place" if grow else "concatenation", "pairs": pairs,
             "pairs_run": "together" if together else "one after another", "dialogues": len(negs),
             "max_turns": turns, "prefix_cache_tokens": cache_tokens, "wall_s": round(wall, 2),
