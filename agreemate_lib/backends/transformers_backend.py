@@ -242,8 +242,7 @@ class TransformersBackend(ChatBackend):
         self.device = next(self.model.parameters()).device
         #: Forced tokens jump forward: the engine's loop feeds them in the step of the token before them, up to this
         #: many row-tokens a step (:func:`.decoding.decode`); 0 (the default): one token a step. On the 2-core CPU
-        #: it lost (fewer steps, each dearer: docs/performance.md); not used once a LoRA adapter is loaded on the
-        #: base (peft's per-row adapter forward took 7x a one-token step for two tokens a row there).
+        #: it lost (fewer steps, each dearer: docs/performance.md).
         self.jump_budget = jump_budget
         self.model_id = self.model_name + (f"+lora:{file_digest(adapter)}" if adapter else "")
         self._table = None
@@ -400,9 +399,11 @@ class TransformersBackend(ChatBackend):
         def forward(ids, mask, pos, at):
             self.model._agreemate_decode_step = calls[0] > 0  # the first call is the prefill (forward timers)
             calls[0] += 1
+            # the last position by index, not ``logits_to_keep=1``: with peft loaded, the slice's strided hidden states
+            # sent the LM head down a batched matmul that copied its weights per row (docs/performance.md)
             out = self.shared.module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                                     logits_to_keep=1, **{kwarg: past},
-                                     **self.shared.call_kwargs([names[i] for i in at]))
+                                     logits_to_keep=torch.tensor([ids.shape[1] - 1], device=ids.device),
+                                     **{kwarg: past}, **self.shared.call_kwargs([names[i] for i in at]))
             return out.logits[:, -1, :]
 
         def compact(ended, cols, at, keep):
@@ -416,8 +417,7 @@ class TransformersBackend(ChatBackend):
                 new, cols, left = decode(forward, enc["input_ids"], enc["attention_mask"], max(reuse), list(procs),
                                          max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_token_id,
                                          pad_id=self.tokenizer.pad_token_id, compact=compact,
-                                         jump_budget=0 if self.shared.peft is not None else self.jump_budget,
-                                         stats=stats)
+                                         jump_budget=self.jump_budget, stats=stats)
                 self._store([rows[i] for i in left], enc, [new[i] for i in left], [cols[i] for i in left], past,
                             list(range(len(left))), left)
         finally:
