@@ -174,6 +174,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prefer(args: argparse.Namespace) -> int:
+    """Preference step (DPO) of one role's adapter on its own words-vs-price contradictions in self-play transcripts
+    (``training/preference.py``); writes the adapter, its manifest and the pairs."""
+    import pandas as pd
+
+    from agreemate_lib.backends.models import file_digest
+    from agreemate_lib.core.records import frame_to_negotiations
+    from agreemate_lib.negotiation.roster import load_roster
+    from agreemate_lib.training.preference import PreferenceConfig, pairs_version, preference_pairs, train_preference
+    from agreemate_lib.training.shipping import write_manifest
+    from agreemate_lib.training.splits import project_role_splits, trained_listing_keys
+
+    cfg = PreferenceConfig(**json.loads(args.config))
+    negs = [n for path in args.transcripts for n in frame_to_negotiations(pd.read_parquet(path))]
+    pairs, counts = preference_pairs(negs, args.role, load_roster(args.roster, include_disabled=True),
+                                     listings=trained_listing_keys(args.data, args.seed))
+    print(json.dumps({"pairs": counts}), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([p | {"context": json.dumps(p["context"])} for p in pairs]).to_parquet(out / "pairs.parquet")
+    if args.pairs_only:
+        return 0
+    df = project_role_splits(args.data, args.seed)[args.role]
+    df = df[df["source"] == "craigslist"]  # the held-out dialogues the supervised step measured (no Deal or No Deal)
+    m = train_preference(pairs, df[df["split"] == "validation"], out, cfg, log=lambda s: print(s, flush=True),
+                         anchor=df[df["split"] == "train"])
+    sources = [{"path": str(p), "sha256": file_digest(p)} for p in args.transcripts]
+    manifest = write_manifest(out, role=args.role, training_config=cfg.model_dump(), data_version=pairs_version(pairs),
+                              metrics=m | {"pair_counts": counts, "transcripts": sources})
+    print(json.dumps({k: manifest[k] for k in ("digest", "data_version", "size_bytes")} | {
+        k: m[k] for k in ("validation_pair_accuracy", "perplexity_reduction", "stop_reason", "wall_s")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agreemate",
                                 description="LLM buyers and sellers haggling over Craigslist listings")
@@ -232,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="Craigslist Bargains folder (default: the data setting)")
     t.add_argument("--ship", action="store_true", help="copy the result to adapters/<model>/<role>")
     t.set_defaults(func=_cmd_train)
+
+    f = sub.add_parser("prefer", help="preference step (DPO) of a role adapter against its own words-vs-price "
+                       "contradictions in self-play transcripts")
+    f.add_argument("role", choices=["buyer", "seller"])
+    f.add_argument("--transcripts", nargs="+", required=True, help="transcripts.parquet files of the adapter's agent")
+    f.add_argument("--out", required=True)
+    f.add_argument("--config", required=True, help="JSON of PreferenceConfig fields (init_from at least)")
+    f.add_argument("--roster", default=None, help="roster YAML the transcripts' agents come from")
+    f.add_argument("--seed", type=int, default=0, help="the role splits' seed (which listings were trained on)")
+    f.add_argument("--data", default=None, help="Craigslist Bargains folder (default: the data setting)")
+    f.add_argument("--pairs-only", action="store_true", help="write pairs.parquet and stop")
+    f.set_defaults(func=_cmd_prefer)
 
     r = sub.add_parser("report", help="render the static HTML report (tables, figures, transcript browser)")
     r.add_argument("--out", required=True)

@@ -201,7 +201,7 @@ def price_moves(speakers: Sequence[str], prices: Sequence[float | None]) -> list
     return out
 
 
-def _answered_prices(x: MetricInputs) -> list[float | None]:
+def answered_prices(x: MetricInputs) -> list[float | None]:
     """Each turn's price field, except that an accept or reject without one answers the other side's last price: the
     price its words refer to ("Deal, $90 it is." accepts 90). Without speakers, the fields as they are."""
     sp, acts = x.outcome.speakers, x.outcome.actions
@@ -221,18 +221,37 @@ def _answered_prices(x: MetricInputs) -> list[float | None]:
                  "price, the one it answers)", bounds=(0.0, 1.0), doc_range="[0, 1]",
                  undefined="no turn names a price in its words; utterances unknown", direction="lower")
 def utterance_price_mismatch(x: MetricInputs) -> float:
+    said, bad = price_contradictions(x)
+    return len(bad) / len(said) if said else NAN
+
+
+def price_contradictions(x: MetricInputs) -> tuple[list[int], list[int]]:
+    """(the turns whose words name a price within 0.1 L .. 3 L, those of them whose words contradict the price field
+    or, for an accept or reject without one, the price it answers): ``utterance_price_mismatch`` turn by turn (the
+    preference data of ``training/preference.py`` starts from the second list). No utterances: nothing."""
     from agreemate_lib.core.money import price_spans
 
+    said: list[int] = []
+    bad: list[int] = []
     if x.outcome.utterances is None:
-        return NAN
-    said = bad = 0
-    for utt, price in zip(x.outcome.utterances, _answered_prices(x)):
+        return said, bad
+    for k, (utt, price) in enumerate(zip(x.outcome.utterances, answered_prices(x))):
         named = [s.value for s in price_spans(utt or "") if 0.1 * x.L <= s.value <= 3 * x.L]
         if not named:
             continue
-        said += 1
-        bad += price is None or all(abs(v - price) > max(0.01, 0.005 * price) for v in named)
-    return bad / said if said else NAN
+        said.append(k)
+        if price is None or all(abs(v - price) > max(0.01, 0.005 * price) for v in named):
+            bad.append(k)
+    return said, bad
+
+
+def metric_inputs(o: NegotiationOutcome, mode: FormulaMode = "corrected") -> MetricInputs:
+    """What every metric function of one negotiation sees."""
+    if mode not in FORMULA_MODES:
+        raise ValueError(f"formula mode must be one of {FORMULA_MODES}, got {mode!r}")
+    L, B, S = float(o.listing_price), float(o.buyer_target), float(o.seller_target)
+    p = o.accepted_price if (o.agreed and o.accepted_price is not None) else None
+    return MetricInputs(o, mode, _clean_prices(o.prices), len(o.actions), L, B, S, p, (S - B) / 2.0)
 
 
 @register_metric("accepted_unoffered", formula="1 if the deal's price is none of the prices the other side (the "
@@ -275,11 +294,7 @@ METRIC_NAMES: tuple[str, ...] = metric_names()
 
 def negotiation_metrics(o: NegotiationOutcome, mode: FormulaMode = "corrected") -> dict[str, float]:
     """All registered metrics of one negotiation. Undefined values (no deal, S = B, no prices) are NaN."""
-    if mode not in FORMULA_MODES:
-        raise ValueError(f"formula mode must be one of {FORMULA_MODES}, got {mode!r}")
-    L, B, S = float(o.listing_price), float(o.buyer_target), float(o.seller_target)
-    p = o.accepted_price if (o.agreed and o.accepted_price is not None) else None
-    x = MetricInputs(o, mode, _clean_prices(o.prices), len(o.actions), L, B, S, p, (S - B) / 2.0)
+    x = metric_inputs(o, mode)
     return {name: float(m.fn(x)) for name, m in METRICS.items()}
 
 

@@ -77,6 +77,15 @@ def apply_turn(neg: Negotiation, turn: Turn, max_turns: int) -> bool:
     return False
 
 
+def history_for(turns: Sequence[Turn], role: str) -> list[dict[str, Any]]:
+    """The turns so far as ``role``'s agent is shown them (``prompts.build_messages``): its own reasoning, and its
+    own replies exactly as generated where they came from constrained decoding at the first try."""
+    return [{"speaker": t.speaker, "action": t.action, "utterance": t.utterance, "price": t.price,
+             "reasoning": t.reasoning if t.speaker == role else None,
+             "raw": t.raw_output if (t.speaker == role and t.structured and t.retries == 0) else None}
+            for t in turns]
+
+
 class _Live:
     def __init__(self, neg: Negotiation, scenario: Scenario):
         self.neg = neg
@@ -93,12 +102,7 @@ class _Live:
             turn=len(turns),
             max_turns=cfg.max_turns,
             opens=(turns[0].speaker == role) if turns else True,
-            history=[
-                {"speaker": t.speaker, "action": t.action, "utterance": t.utterance, "price": t.price,
-                 "reasoning": t.reasoning if t.speaker == role else None,
-                 "raw": t.raw_output if (t.speaker == role and t.structured and t.retries == 0) else None}
-                for t in turns
-            ],
+            history=history_for(turns, role),
             other_last_price=last_price_by(turns, other),
             own_last_price=last_price_by(turns, role),
             own_priced_turns=sum(1 for t in turns if t.speaker == role and t.price is not None),

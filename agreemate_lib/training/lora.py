@@ -237,6 +237,24 @@ def perplexity_reduction(base: list[tuple[float, int]], tuned: list[tuple[float,
             "perplexity_reduction_ci_high": float(np.percentile(boots, 97.5)), "sequences": len(b)}
 
 
+class BestSoFar:
+    """Early stopping's bookkeeping: the lowest held-out value so far, its step, the adapter weights then (``state``)
+    and anything to keep beside them (``extra``), and how many evaluations since it improved (``stale``)."""
+
+    def __init__(self, value: float, step: int, state: dict | None, **extra):
+        self.value, self.step, self.state, self.extra, self.stale = value, step, state, extra, 0
+
+    def offer(self, value: float, step: int, model, **extra) -> None:
+        """A new evaluation: kept (with the model's adapter weights) if it beats the best by more than 1e-4."""
+        from peft import get_peft_model_state_dict
+
+        if value < self.value - 1e-4:
+            self.value, self.step, self.extra, self.stale = value, step, extra, 0
+            self.state = {k: t.detach().clone() for k, t in get_peft_model_state_dict(model).items()}
+        else:
+            self.stale += 1
+
+
 def layer_param_groups(model, cfg: LoraTrainConfig) -> list[dict]:
     """One optimizer group per transformer layer, with layer-wise decayed learning rates."""
     import re
@@ -366,7 +384,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     import contextlib
 
     import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -449,8 +467,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     curves, ema, tokens_seen = [], None, resumed["tokens"] if resumed else 0
     cursor = resumed["examples_seen"] if resumed else 0
     # a resumed or initialized run keeps its starting weights when no step beats them
-    best = {"loss": start_val, "step": offset - 1, "state": start_state}
-    stale, stop_reason = 0, "max_steps"
+    best = BestSoFar(start_val, offset - 1, start_state)
+    stop_reason = "max_steps"
     model.train()
     for step in range(offset, cfg.max_steps):
         mult = lr_multiplier(step, cfg)
@@ -488,25 +506,20 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         if (step + 1) % cfg.eval_every == 0 or last or over_time:
             v = mean_loss(sequence_losses(model, val_ex, device, autocast))
             row["validation_loss"] = v
-            if v < best["loss"] - 1e-4:
-                best = {"loss": v, "step": step,
-                        "state": {k: t.detach().clone() for k, t in get_peft_model_state_dict(model).items()}}
-                stale = 0
-            else:
-                stale += 1
-            log(f"step {step + 1}: validation loss {v:.4f} (best {best['loss']:.4f} at step {best['step'] + 1})")
+            best.offer(v, step, model)
+            log(f"step {step + 1}: validation loss {v:.4f} (best {best.value:.4f} at step {best.step + 1})")
         curves.append(row)
         log(f"step {step + 1}/{cfg.max_steps} loss {raw:.4f} ema {ema:.4f} lr x{mult:.2f} |g| {grad_norm:.2f} "
             f"{step_tokens / dt:.0f} tok/s epoch {cursor / len(train_ex):.2f}")
-        if stale >= cfg.patience:
+        if best.stale >= cfg.patience:
             stop_reason = f"early stop: no validation improvement in {cfg.patience} evaluations"
             break
         if over_time:
             stop_reason = f"wall-clock budget of {cfg.max_minutes} minutes"
             break
-    if best["state"] is not None:
-        set_peft_model_state_dict(model, best["state"])
-    log(f"stopped: {stop_reason}; keeping step {best['step'] + 1}; final held-out evaluation on {len(val_all)} "
+    if best.state is not None:
+        set_peft_model_state_dict(model, best.state)
+    log(f"stopped: {stop_reason}; keeping step {best.step + 1}; final held-out evaluation on {len(val_all)} "
         "dialogues")
     tuned_all = sequence_losses(model, val_all, device, autocast)
     with model.disable_adapter():
@@ -524,7 +537,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         curves_df = pd.concat([resumed["curves"], curves_df], ignore_index=True)
     curves_df.to_parquet(out / "curves.parquet", index=False)
     metrics = {
-        "steps": offset + len(curves), "best_step": best["step"] + 1, "stop_reason": stop_reason,
+        "steps": offset + len(curves), "best_step": best.step + 1, "stop_reason": stop_reason,
         "tokens": tokens_seen, "examples_seen": cursor, "epochs": cursor / len(train_ex),
         "train_dialogues": len(train_ex), "skipped": skipped,
         "validation_dialogues": len(val_all), "trainable_parameters": trainable,

@@ -12,8 +12,8 @@ from agreemate_lib.training.shipping import AdapterDigestError, adapter_digest, 
 
 
 def shipped_folders():
-    agents = load_roster()  # enabled agents only
-    return sorted({repo_root() / a.adapter for a in agents.values() if a.adapter})
+    agents = load_roster(include_disabled=True)  # the embedded model's adapters, enabled or not, are all shipped
+    return sorted({repo_root() / a.adapter for a in agents.values() if a.adapter and a.model == "smollm2"})
 
 
 def test_every_enabled_adapter_is_shipped_with_its_manifest():
@@ -35,6 +35,9 @@ def test_every_enabled_adapter_is_shipped_with_its_manifest():
         assert cfg["target_modules"] == sorted(cfg["target_modules"])
         # what it was shipped for: held-out perplexity of the role's turns at least 30% below the base model's
         assert m["metrics"]["perplexity_reduction"] >= 0.3 and m["metrics"]["perplexity_reduction_ci_low"] > 0
+        if m["training_config"].get("kind") == "dpo":  # a preference step: from the shipped supervised adapter
+            start = repo_root() / m["training_config"]["init_from"]
+            assert m["metrics"]["initialized_from_digest"] == m["previous"]["digest"] == adapter_digest(start)
 
 
 def test_a_changed_adapter_is_refused_by_digest(tmp_path):
