@@ -14,11 +14,12 @@ teaches it from the adapter's own replies:
   replaced by the one the turn holds. The two differ only where the contradiction is.
 - **loss**: DPO (Rafailov et al. 2023) with the starting adapter as the reference policy (its log-probabilities
   computed once, before training), plus ``sft_weight`` x the chosen reply's mean token NLL, so the chosen replies stay
-  likely rather than only the gap growing;
+  likely rather than only the gap growing, plus (``anchor_dialogues``) the supervised NLL of whole human dialogues
+  of the role: without it the adapter stopped writing numbers at all (docs/finetuning_and_probing.md);
 - the adapter starts from a shipped one (``init_from``, checked by digest), trains with the layer-wise decayed
-  learning rate and warm-up of ``lora.py``, early-stops on the held-out pairs' DPO loss (pairs held out by
-  negotiation), and ends with the same held-out perplexity against the base model as the supervised step, so the
-  manifest says whether the adapter still models the human dialogues.
+  learning rate and warm-up of ``lora.py``, keeps the step with the lowest held-out pair loss (pairs held out by
+  negotiation) plus held-out human-dialogue NLL, and ends with the same held-out perplexity against the base model
+  as the supervised step, so the manifest says whether the adapter still models the human dialogues.
 """
 
 from __future__ import annotations
