@@ -197,19 +197,63 @@ def example_loss(model, example: dict, device: str):
     return torch.nn.functional.cross_entropy(logits, labels[pos + 1], reduction="sum"), len(pos)
 
 
-def sequence_losses(model, examples: list[dict], device: str, autocast) -> list[tuple[float, int]]:
-    """(summed loss, target tokens) per example, one forward pass each."""
+def evaluated(model, items, fn, autocast) -> list:
+    """``fn(item)`` for each item with the model in eval mode, without gradient, under ``autocast``; the model goes
+    back to training mode after (held-out losses of both trainers)."""
     import torch
 
-    out = []
     model.eval()
-    with torch.no_grad():
-        for e in examples:
-            with autocast():
-                lp, n = example_loss(model, e, device)
-            out.append((lp.item(), n))
-    model.train()
-    return out
+    try:
+        with torch.no_grad():
+            out = []
+            for item in items:
+                with autocast():
+                    out.append(fn(item))
+            return out
+    finally:
+        model.train()
+
+
+def sequence_losses(model, examples: list[dict], device: str, autocast) -> list[tuple[float, int]]:
+    """(summed loss, target tokens) per example, one forward pass each."""
+
+    def one(e):
+        lp, n = example_loss(model, e, device)
+        return lp.item(), n
+
+    return evaluated(model, examples, one, autocast)
+
+
+def autocast_factory(mixed_precision: str, device: str):
+    """A callable giving the training's autocast context: bf16 where ``mixed_precision`` is bf16, or auto and the
+    device has it; otherwise no autocast. Returns (factory, whether bf16 is used)."""
+    import contextlib
+
+    import torch
+
+    from agreemate_lib.backends.models import bf16_supported
+
+    use_bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and bf16_supported(device))
+
+    def autocast():
+        if use_bf16:
+            return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    return autocast, use_bf16
+
+
+def save_adapter(model, out: Path) -> None:
+    """Save the trainable adapter in bf16 (half the bytes; peft casts it back on load) as safetensors, its config
+    written in one order (:func:`canonical_adapter_config`)."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    canonical_adapter_config(out)
 
 
 def mean_loss(losses: list[tuple[float, int]]) -> float:
@@ -381,7 +425,6 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
                cfg: LoraTrainConfig = LoraTrainConfig(), device: str = "auto", log=print) -> dict:
     """Train one adapter on whole-dialogue rows (see ``training/splits.py``); returns its metrics (also written to
     ``out_dir/metrics.json``)."""
-    import contextlib
 
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
@@ -428,14 +471,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
     elif init:
         log(f"starting from the adapter in {init['folder']} (digest {init['digest']})")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    from agreemate_lib.backends.models import bf16_supported
-
-    use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and bf16_supported(device))
-
-    def autocast():
-        if use_bf16:
-            return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    autocast, use_bf16 = autocast_factory(cfg.mixed_precision, device)
 
     tr = train.sample(frac=1.0, random_state=cfg.seed)
     if cfg.train_examples:
@@ -526,12 +562,7 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         base_all = sequence_losses(model, val_all, device, autocast)
     ppl = perplexity_reduction(base_all, tuned_all, seed=cfg.seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for p in model.parameters():  # ship the adapter in bf16 (half the bytes; peft casts it back on load)
-        if p.requires_grad:
-            p.data = p.data.to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    canonical_adapter_config(out)
+    save_adapter(model, out)
     curves_df = pd.DataFrame(curves)
     if resumed and len(resumed["curves"]):
         curves_df = pd.concat([resumed["curves"], curves_df], ignore_index=True)

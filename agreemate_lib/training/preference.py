@@ -244,32 +244,22 @@ def dpo_terms(model, enc: dict, ref: tuple[float, float], cfg: PreferenceConfig,
 
 def reference_logps(model, encoded: list[dict], device: str, autocast) -> list[tuple[float, float]]:
     """The starting adapter's summed log-probabilities of each pair's chosen and rejected suffix."""
-    import torch
+    from agreemate_lib.training.lora import evaluated
 
-    out = []
-    model.eval()
-    with torch.no_grad():
-        for e in encoded:
-            with autocast():
-                (c, r), _ = _suffix_logps(model, e, device)
-            out.append((float(c), float(r)))
-    model.train()
-    return out
+    def one(e):
+        (c, r), _ = _suffix_logps(model, e, device)
+        return float(c), float(r)
+
+    return evaluated(model, encoded, one, autocast)
 
 
 def evaluate_pairs(model, encoded, refs, cfg, device, autocast) -> dict:
     """Held-out DPO loss, preference accuracy (share of pairs whose logit is > 0) and mean logit."""
-    import torch
+    from agreemate_lib.training.lora import evaluated
 
-    losses, logits = [], []
-    model.eval()
-    with torch.no_grad():
-        for e, ref in zip(encoded, refs):
-            with autocast():
-                loss, logit = dpo_terms(model, e, ref, cfg, device)
-            losses.append(float(loss))
-            logits.append(float(logit))
-    model.train()
+    terms = evaluated(model, list(zip(encoded, refs)),
+                      lambda er: tuple(float(v) for v in dpo_terms(model, er[0], er[1], cfg, device)), autocast)
+    losses, logits = [t[0] for t in terms], [t[1] for t in terms]
     n = max(1, len(losses))
     return {"loss": sum(losses) / n, "accuracy": sum(v > 0 for v in logits) / n, "mean_logit": sum(logits) / n}
 
@@ -279,22 +269,22 @@ def train_preference(pairs: list[dict], validation_dialogues, out_dir: str | Pat
     """Train the adapter in ``cfg.init_from`` further on ``pairs``; returns its metrics (also ``metrics.json``).
     ``anchor``: the role's supervised training dialogues (rows as ``splits.dialogue_frame`` builds them), needed
     when ``cfg.anchor_dialogues`` > 0."""
-    import contextlib
 
     import pandas as pd
     import torch
     from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
-    from agreemate_lib.backends.models import bf16_supported, load_model
+    from agreemate_lib.backends.models import load_model
     from agreemate_lib.training.lora import (
         BestSoFar,
-        canonical_adapter_config,
+        autocast_factory,
         encode_dialogues,
         example_loss,
         layer_param_groups,
         lr_multiplier,
         mean_loss,
         perplexity_reduction,
+        save_adapter,
         sequence_losses,
         start_weights,
     )
@@ -319,12 +309,7 @@ def train_preference(pairs: list[dict], validation_dialogues, out_dir: str | Pat
         if p.requires_grad:
             p.data = p.data.to(torch.float32)
     set_peft_model_state_dict(model, {k: v.to(torch.float32) for k, v in init["weights"].items()})
-    use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and bf16_supported(device))
-
-    def autocast():
-        if use_bf16:
-            return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    autocast, use_bf16 = autocast_factory(cfg.mixed_precision, device)
 
     train_p, val_p = split_pairs(pairs, cfg.validation_fraction, cfg.seed)
 
@@ -431,12 +416,7 @@ def train_preference(pairs: list[dict], validation_dialogues, out_dir: str | Pat
         base_l = sequence_losses(model, val_all, device, autocast)
     ppl = perplexity_reduction(base_l, tuned, seed=0)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data = p.data.to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    canonical_adapter_config(out)
+    save_adapter(model, out)
     pd.DataFrame(curves).to_parquet(out / "curves.parquet", index=False)
     metrics = {
         "kind": "dpo", "steps": len(curves), "best_step": best.step + 1, "stop_reason": stop_reason,
