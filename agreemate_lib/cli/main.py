@@ -182,29 +182,19 @@ def _cmd_prefer(args: argparse.Namespace) -> int:
     from agreemate_lib.backends.models import file_digest
     from agreemate_lib.core.records import frame_to_negotiations
     from agreemate_lib.negotiation.roster import load_roster
-    from agreemate_lib.training.preference import PreferenceConfig, pairs_version, preference_pairs, train_preference
-    from agreemate_lib.training.shipping import write_manifest
+    from agreemate_lib.training.preference import PreferenceConfig, prefer
     from agreemate_lib.training.splits import project_role_splits, trained_listing_keys
 
     cfg = PreferenceConfig(**json.loads(args.config))
     negs = [n for path in args.transcripts for n in frame_to_negotiations(pd.read_parquet(path))]
-    pairs, counts = preference_pairs(negs, args.role, load_roster(args.roster, include_disabled=True),
-                                     listings=trained_listing_keys(args.data, args.seed))
-    print(json.dumps({"pairs": counts}), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([p | {"context": json.dumps(p["context"])} for p in pairs]).to_parquet(out / "pairs.parquet")
-    if args.pairs_only:
-        return 0
-    df = project_role_splits(args.data, args.seed)[args.role]
-    df = df[df["source"] == "craigslist"]  # the held-out dialogues the supervised step measured (no Deal or No Deal)
-    m = train_preference(pairs, df[df["split"] == "validation"], out, cfg, log=lambda s: print(s, flush=True),
-                         anchor=df[df["split"] == "train"])
     sources = [{"path": str(p), "sha256": file_digest(p)} for p in args.transcripts]
-    manifest = write_manifest(out, role=args.role, training_config=cfg.model_dump(), data_version=pairs_version(pairs),
-                              metrics=m | {"pair_counts": counts, "transcripts": sources})
-    print(json.dumps({k: manifest[k] for k in ("digest", "data_version", "size_bytes")} | {
-        k: m[k] for k in ("validation_pair_accuracy", "perplexity_reduction", "stop_reason", "wall_s")}))
+    r = prefer(negs, args.role, load_roster(args.roster, include_disabled=True),
+               project_role_splits(args.data, args.seed)[args.role], args.out, cfg,
+               listings=trained_listing_keys(args.data, args.seed), sources=sources, pairs_only=args.pairs_only,
+               log=lambda s: print(s, flush=True))
+    if not args.pairs_only:
+        print(json.dumps({k: r["manifest"][k] for k in ("digest", "data_version", "size_bytes")} | {
+            k: r["metrics"][k] for k in ("validation_pair_accuracy", "perplexity_reduction", "stop_reason", "wall_s")}))
     return 0
 
 

@@ -102,6 +102,7 @@ FINETUNE_METRICS = ("agreement_rate", "dialogue_length", "fairness", "deal_outsi
 #: Our default pairs that the comparison reads (roster ids; see agents.yaml).
 FINETUNE_PAIRS = {"fine-tuned": "smollm2-ft-buyer+smollm2-ft-seller",
                   "generalist": "smollm2-ft-generalist+smollm2-ft-generalist",
+                  "preference": "smollm2-dpo-buyer+smollm2-dpo-seller",
                   "base": "smollm2+smollm2"}
 PUBLISHED_FINETUNED = {"llama-3b fine-tuned (published)": "finetune-3B-buyer+finetune-3B-seller.csv",
                        "llama-3b generalist (published)": "generalist-3B-buyer+generalist-3B-seller.csv"}
@@ -124,7 +125,7 @@ def finetuning_comparison(table: pd.DataFrame, published_dir: str | Path | None 
     allt = pd.concat(frames, ignore_index=True)
     base = pairs.get("base")
     rows = []
-    for label in ("fine-tuned", "generalist"):
+    for label in ("fine-tuned", "generalist", "preference"):
         mine = pairs.get(label)
         if mine is None or mine not in set(allt["pair"]):
             continue

@@ -35,7 +35,7 @@ SIZE_ORDER = ["1B", "3B", "8B", "70B", "CoT-3B", "CoT-8B", "CoT-70B"]
 
 @dataclass(frozen=True)
 class AgentTraits:
-    variant: str  # base | fine-tuned | generalist | rule-based
+    variant: str  # base | fine-tuned | generalist | preference | rule-based
     cot: bool
     personality: str  # neutral | aggressive | fair | passive
     size: str  # the paper: 3B / 8B / 70B; ours: the model name
@@ -61,13 +61,16 @@ def published_traits(agent_id: str) -> AgentTraits:
 
 def roster_traits(roster: dict) -> dict[str, AgentTraits]:
     """Traits of our roster's agents (``AgentSpec`` by id): an adapter trained for one role is ``fine-tuned``, the
-    generalist adapter ``generalist``, the rule-based backend ``rule-based``, anything else ``base``."""
+    generalist adapter ``generalist``, a role adapter after the preference step (folder ``<role>-dpo``)
+    ``preference`` (not one of the paper's variants: left out of the variant figures rather than pooled with the
+    supervised adapters), the rule-based backend ``rule-based``, anything else ``base``."""
     out = {}
     for agent_id, spec in roster.items():
         if spec.backend == "rule-based":
             variant = "rule-based"
         elif spec.adapter:
-            variant = "generalist" if Path(spec.adapter).name == "generalist" else "fine-tuned"
+            name = Path(spec.adapter).name
+            variant = "generalist" if name == "generalist" else "preference" if name.endswith("-dpo") else "fine-tuned"
         else:
             variant = "base"
         out[agent_id] = AgentTraits(variant, bool(spec.cot), spec.personality or "neutral", spec.model)

@@ -440,6 +440,35 @@ def train_preference(pairs: list[dict], validation_dialogues, out_dir: str | Pat
     return metrics
 
 
+def prefer(negotiations, role: str, agents: dict[str, Any], role_split, out_dir: str | Path, cfg: PreferenceConfig,
+           listings: frozenset[str] | set[str] | None, sources: list[dict] | None = None, pairs_only: bool = False,
+           log=print) -> dict:
+    """The whole preference step of one role, as ``agreemate prefer`` and the ``preference_adapters`` asset run it:
+    pairs from ``negotiations`` on ``listings`` (written to ``pairs.parquet``), then :func:`train_preference` with the
+    role split's held-out Craigslist dialogues (no Deal or No Deal: those the supervised step measured) and its
+    training dialogues as the anchor, then ``manifest.json`` (``sources``: the transcripts, as path and sha256).
+    Returns ``{"counts": ..., "pairs": n}`` plus, unless ``pairs_only``, ``"metrics"`` and ``"manifest"``."""
+    import pandas as pd
+
+    from agreemate_lib.training.shipping import write_manifest
+
+    pairs, counts = preference_pairs(negotiations, role, agents, listings=listings)
+    log(json.dumps({"pairs": counts}))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([p | {"context": json.dumps(p["context"])} for p in pairs]).to_parquet(out / "pairs.parquet")
+    result: dict[str, Any] = {"counts": counts, "pairs": len(pairs)}
+    if pairs_only:
+        return result
+    df = role_split[role_split["source"] == "craigslist"]
+    m = train_preference(pairs, df[df["split"] == "validation"], out, cfg, log=log,
+                         anchor=df[df["split"] == "train"])
+    m = m | {"pair_counts": counts, "transcripts": list(sources or [])}
+    manifest = write_manifest(out, role=role, training_config=cfg.model_dump(), data_version=pairs_version(pairs),
+                              metrics=m)
+    return result | {"metrics": m, "manifest": manifest}
+
+
 class _Schedule:
     """The fields ``lora.lr_multiplier`` reads: warm-up, then one cosine from 1 to ``min_lr_ratio`` over the run."""
 

@@ -224,16 +224,21 @@ def test_metrics_materializes_on_a_fresh_instance(env):
 
 
 @pytest.mark.slow
-def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path):
+def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path, data_dir):
     """role_splits (with the tagger's measured accuracy and the no-leakage contract), then one lora_adapters
     partition with a tiny config: a manifest, checks that ran, and a rebuild that says it differs from the shipped
-    adapter."""
-    import json
-
+    adapter. Then the preference step on the same splits: the shipped supervised pair's self-play (short: 24
+    listings, 2 turns) on listings it trained on, and a few real DPO steps of the buyer adapter on its own
+    contradicting replies there: a manifest that names the starting adapter, pairs only from trained listings, the
+    chosen replies gaining on the rejected ones, checks that ran."""
     from agreemate_assets.definitions import defs
     from agreemate_assets.lib.resources import build_resources
+    from agreemate_lib.core.settings import repo_root
+    from agreemate_lib.training.shipping import adapter_digest, shipped_adapter_dir
+    from agreemate_lib.training.splits import trained_listing_keys
 
     instance, study, _ = env_sqlite
+    study = study.model_copy(update={"roster_path": str(repo_root() / "agents.yaml")})  # the fine-tuned agents
     splits = ["buyer_split", "seller_split", "generalist_split"]
     assert mat(instance, study, splits).success
     for key in splits:
@@ -255,6 +260,37 @@ def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path):
     md = instance.get_latest_materialization_event(AssetKey("lora_adapters")).asset_materialization.metadata
     assert md["digest"].value == manifest["digest"]
     assert md["compared_with_shipped"].value["identical"] is False
+
+    def run(selection, config, partition_key=None):
+        return materialize(list(defs.assets) + list(defs.asset_checks), selection=selection,
+                           partition_key=partition_key, instance=instance, resources=build_resources(study),
+                           raise_on_error=False, run_config={"ops": {selection[0]: {"config": config}}})
+
+    assert run(["self_play_transcripts"], {"scenarios": 24, "seed": 5, "max_turns": 2}).success
+    assert check_passed(instance, "self_play_transcripts", "on_trained_listings") is True
+    md = instance.get_latest_materialization_event(AssetKey("self_play_transcripts")).asset_materialization.metadata
+    assert md["negotiations"].value == 24 and md["errors"].value == 0
+    tiny = {"epochs": 2, "grad_accum": 1, "eval_every": 1, "patience": 10, "lr": 5e-4, "final_eval_dialogues": 2,
+            "anchor_dialogues": 1, "anchor_validation_dialogues": 1, "validation_fraction": 0.5, "threads": 1}
+    res = run(["preference_adapters"], tiny, partition_key="buyer")
+    assert res.success
+    out = tmp_path / "results" / "adapters" / "buyer-dpo"
+    manifest = json.loads((out / "manifest.json").read_text())
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    assert len(pairs) >= 2 and set(pairs["role"]) == {"buyer"}
+    assert set(pairs["listing_key"]) <= trained_listing_keys(str(data_dir / "craigslist_bargains"))
+    assert manifest["training_config"]["init_from"] == "adapters/smollm2/buyer"
+    assert manifest["previous"]["digest"] == manifest["metrics"]["initialized_from_digest"] == \
+        adapter_digest(shipped_adapter_dir("smollm2", "buyer"))
+    assert manifest["metrics"]["start_validation_accuracy"] == 0.0  # the reference is the start: logits all 0
+    curves = pd.read_parquet(out / "curves.parquet")
+    assert curves["mean_logit"].iloc[-1] > 0 and curves["anchor_loss"].notna().all()
+    md = instance.get_latest_materialization_event(AssetKey("preference_adapters")).asset_materialization.metadata
+    assert md["digest"].value == manifest["digest"] and md["pair_counts"].value["pairs"] == len(pairs)
+    for check in ("prefers_chosen", "beats_base_model"):
+        assert check_passed(instance, "preference_adapters", check, "buyer") is not None
+    assert check_passed(instance, "preference_adapters", "replies_parse", "buyer") is True
+    assert check_passed(instance, "preference_adapters", "matches_shipped", "buyer") is False
 
 
 def test_reproducing_the_shipped_adapter_uses_its_manifest():
@@ -279,3 +315,24 @@ def test_reproducing_the_shipped_adapter_uses_its_manifest():
     if stages[0].init_from:  # the starting weights are in the repository, as the manifest recorded them
         assert adapter_digest(run_folder(stages[0].init_from)) == chain[-1]["previous"]["digest"]
     assert training_configs(AdapterTraining(), "buyer", seed=3)[0].seed == 3
+
+
+def test_reproducing_the_shipped_preference_adapter_uses_its_manifest():
+    """The shipped preference adapter's own settings, without its wall-clock budget, from the adapter its manifest
+    started from (checked by digest); by default a role starts from its shipped supervised adapter, named relative to
+    the repository as the shipped manifests name it."""
+    from agreemate_assets.defs.training.preference import PreferenceTraining, preference_config
+    from agreemate_lib.training.lora import run_folder
+    from agreemate_lib.training.shipping import adapter_digest, read_manifest, shipped_adapter_dir
+
+    for role in ("buyer", "seller"):
+        m = read_manifest(shipped_adapter_dir("smollm2", f"{role}-dpo"))
+        cfg = preference_config(PreferenceTraining(reproduce_shipped=True), role)
+        assert cfg.max_minutes == 0 and cfg.init_digest == m["metrics"]["initialized_from_digest"] == \
+            adapter_digest(run_folder(cfg.init_from))
+        dumped = cfg.model_dump()
+        assert {k: dumped[k] for k in m["training_config"] if k not in ("max_minutes", "init_digest")} == {
+            k: v for k, v in m["training_config"].items() if k not in ("max_minutes", "init_digest")}
+        assert m["metrics"]["stop_reason"] == "all epochs"  # so no budget is needed for the same steps
+        assert preference_config(PreferenceTraining(), role).init_from == f"adapters/smollm2/{role}"
+

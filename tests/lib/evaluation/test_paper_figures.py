@@ -50,13 +50,15 @@ def test_ours_beside_theirs_on_the_same_listings(paper_data):
     traits = PF.roster_traits(roster)
     assert traits["smollm2-ft-buyer"].variant == "fine-tuned" and traits["smollm2-ft-generalist"].variant == \
         "generalist" and traits["rule-based"].variant == "rule-based" and traits["smollm2-cot"].cot
+    traits = PF.roster_traits(load_roster("agents.yaml", include_disabled=True))
+    assert traits["smollm2-dpo-buyer"].variant == "preference"  # not pooled with the supervised adapters
     # our agents' ids on 5 of the paper's listings (the metric values are the published base pair's: only the
     # grouping is under test here)
     src = published_table(PUBLISHED / "baseline-3B-buyer+baseline-3B-seller.csv").head(5)
     ours = []
     for b, s in [("smollm2", "smollm2"), ("smollm2-cot", "smollm2"), ("smollm2-aggressive", "smollm2-passive"),
                  ("smollm2-ft-buyer", "smollm2-ft-seller"), ("smollm2-ft-generalist", "smollm2-ft-generalist"),
-                 ("rule-based", "smollm2")]:
+                 ("rule-based", "smollm2"), ("smollm2-dpo-buyer", "smollm2-dpo-seller")]:
         ours.append(src.assign(buyer_id=b, seller_id=s, pair=f"{b}+{s}"))
     ours = pd.concat(ours, ignore_index=True)
     data = PF.figure_data(PUBLISHED, ours, pd.DataFrame(), traits, ours)
@@ -67,6 +69,7 @@ def test_ours_beside_theirs_on_the_same_listings(paper_data):
     assert mine.loc["smollm2-ft-buyer+smollm2-ft-seller", "variant_group"] == "fine-tuned"
     assert mine.loc["smollm2-ft-generalist+smollm2-ft-generalist", "variant_group"] == "generalist"
     assert mine.loc["smollm2+smollm2", "variant_group"] == "base"
+    assert pd.isna(mine.loc["smollm2-dpo-buyer+smollm2-dpo-seller", "variant_group"])
     assert mine.loc["rule-based+smollm2", ["cot_group", "personality_pair", "variant_group"]].isna().all()
     assert PF.figure_listings("paper_cot", data) == 5 and PF.figure_listings("paper_size_cot", data) == 30
     assert PF.figure_sources("paper_finetuning", data) == {PF.PAPER: 15, PF.OURS: 15}

@@ -83,12 +83,13 @@ def test_pairs_rebuild_the_agents_own_prompt_and_the_chosen_reply_no_longer_cont
 
 
 @pytest.mark.slow
-def test_a_dpo_step_prefers_the_chosen_replies_and_keeps_the_adapter_loadable(ft_negotiations, tmp_path, data_dir):
-    """A few real DPO steps from the shipped buyer adapter on the pairs: the held-out loss is measured against the
-    start, the training pairs' logit grows from zero, and the saved adapter loads by digest."""
-    import pandas as pd
+def test_a_dpo_step_needs_its_anchor_and_scores_only_where_the_replies_differ(ft_negotiations, tmp_path, data_dir):
+    """Pairs are held out by negotiation; the supervised anchor is on by default and refused when missing; the
+    shared tokens of a pair end where its replies' words first differ, after the context and the reasoning. (A real
+    DPO run, from the shipped buyer adapter, is the preference_adapters materialization in tests/assets.)"""
+    from transformers import AutoTokenizer
 
-    from agreemate_lib.training.shipping import adapter_digest, write_manifest
+    from agreemate_lib.backends.models import resolve_model_path
     from agreemate_lib.training.splits import build_role_splits
 
     negs, _, _, roster, cfg = ft_negotiations
@@ -98,30 +99,10 @@ def test_a_dpo_step_prefers_the_chosen_replies_and_keeps_the_adapter_loadable(ft
     train, held = split_pairs(pairs, 0.5, 0)
     assert train and held and not {p["negotiation_id"] for p in train} & {p["negotiation_id"] for p in held}
     rows = build_role_splits(str(data_dir / "craigslist_bargains"))["buyer"]
-    rows = rows[rows.train_mask.str.contains("true")].assign(_n=lambda d: d.messages.str.len()).sort_values("_n")
-    val, anchor = rows[rows.split == "validation"].head(3), rows[rows.split == "train"].head(2)
-    conf = PreferenceConfig(init_from="adapters/smollm2/buyer", epochs=2, grad_accum=1, eval_every=1, patience=10,
-                            lr=5e-4, final_eval_dialogues=2, anchor_dialogues=1, anchor_validation_dialogues=1,
-                            validation_fraction=0.5, threads=1)
-    with pytest.raises(ValueError, match="anchor"):  # the supervised anchor is on by default: its dialogues needed
+    val = rows[rows.split == "validation"].head(3)
+    conf = PreferenceConfig(init_from="adapters/smollm2/buyer", threads=1)
+    with pytest.raises(ValueError, match="anchor"):
         train_preference(pairs, val, tmp_path / "none", conf, log=lambda *_: None)
-    m = train_preference(pairs, val, tmp_path / "dpo", conf, log=lambda *_: None, anchor=anchor)
-    curves = pd.read_parquet(tmp_path / "dpo" / "curves.parquet")
-    assert curves["anchor_loss"].notna().all() and curves["validation_anchor_loss"].notna().any()
-    assert m["start_validation_accuracy"] == 0.0  # the reference is the starting adapter: every logit starts at 0
-    assert curves["mean_logit"].iloc[-1] > 0  # the chosen suffixes gained on the rejected ones
-    assert m["initialized_from_digest"] == adapter_digest("adapters/smollm2/buyer")
-    manifest = write_manifest(tmp_path / "dpo", role="buyer", training_config=conf.model_dump(),
-                              data_version=m["pairs_version"], metrics=m)
-    assert manifest["previous"]["digest"] == m["initialized_from_digest"]
-    from agreemate_lib.backends.transformers_backend import TransformersBackend
-
-    assert "+lora:" in TransformersBackend("smollm2", adapter=str(tmp_path / "dpo")).model_id
-    # the shared tokens end where the replies' words first differ: after the context and the reasoning
-    from transformers import AutoTokenizer
-
-    from agreemate_lib.backends.models import resolve_model_path
-
     enc = encode_pair(AutoTokenizer.from_pretrained(resolve_model_path("smollm2")), pairs[0])
     first_target = next(i for i, x in enumerate(enc["chosen"]["labels"]) if x != -100)
     assert first_target < enc["shared"] < len(enc["chosen"]["input_ids"])
