@@ -183,6 +183,12 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_
         "compared_with_shipped": MetadataValue.json(same), "path": MetadataValue.path(str(out))})
     yield AssetCheckResult(check_name="loss_finite", passed=all(math.isfinite(m[k]) for k in
                            ("train_loss_final", "validation_loss")), metadata={"validation_loss": m["validation_loss"]})
+    yield from adapter_checks(study, out, role, m, same)
+
+
+def adapter_checks(study: StudySettings, adapter: Path, role: str, m: dict, same: dict):
+    """The checks every trained adapter gets: held-out perplexity against the base model, the rebuild against the
+    shipped adapter (``compare_with_shipped``), and parseable replies."""
     yield AssetCheckResult(check_name="beats_base_model",
                            passed=m["perplexity_reduction"] >= 0.3 and m["perplexity_reduction_ci_low"] > 0,
                            severity=AssetCheckSeverity.WARN,
@@ -192,7 +198,7 @@ def lora_adapters(context: AssetExecutionContext, study: StudySettings, results_
     yield AssetCheckResult(check_name="matches_shipped", passed=bool(same.get("identical")),
                            severity=AssetCheckSeverity.WARN, metadata={k: MetadataValue.json(v) if isinstance(
                                v, (list, dict)) else v for k, v in same.items()})
-    yield replies_parse_check(study, out, role)
+    yield replies_parse_check(study, adapter, role)
 
 
 def replies_parse_check(study: StudySettings, adapter: Path, role: str) -> AssetCheckResult:

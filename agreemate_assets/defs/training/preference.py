@@ -24,7 +24,7 @@ from agreemate_lib.training.preference import PreferenceConfig
 
 from ...lib.resources import InferenceServer, ResultsStore, StudySettings
 from ..negotiation.assets import INFERENCE_POOL, INFERENCE_QUEUE, checkpoint_path, pair_agents
-from .assets import CODE_VERSION, SPLIT_KEYS, replies_parse_check
+from .assets import CODE_VERSION, SPLIT_KEYS, adapter_checks
 
 #: The roles a preference step trains (the generalist plays both: its pairs would mix two prompts' behaviour).
 preference_role_partitions = StaticPartitionsDefinition(["buyer", "seller"])
@@ -179,13 +179,4 @@ def preference_adapters(context: AssetExecutionContext, study: StudySettings, re
                            passed=math.isfinite(m["validation_pair_loss"]) and m["validation_pair_accuracy"] > 0.5,
                            metadata={k: m[k] for k in ("validation_pair_accuracy", "validation_pair_loss",
                                                        "start_validation_loss", "validation_pairs", "train_pairs")})
-    yield AssetCheckResult(check_name="beats_base_model",
-                           passed=m["perplexity_reduction"] >= 0.3 and m["perplexity_reduction_ci_low"] > 0,
-                           severity=AssetCheckSeverity.WARN,
-                           metadata={k: m[k] for k in ("validation_perplexity", "base_validation_perplexity",
-                                                       "perplexity_reduction", "perplexity_reduction_ci_low",
-                                                       "perplexity_reduction_ci_high", "validation_dialogues")})
-    yield AssetCheckResult(check_name="matches_shipped", passed=bool(same.get("identical")),
-                           severity=AssetCheckSeverity.WARN, metadata={k: MetadataValue.json(v) if isinstance(
-                               v, (list, dict)) else v for k, v in same.items()})
-    yield replies_parse_check(study, out, role)
+    yield from adapter_checks(study, out, role, m, same)
