@@ -232,13 +232,13 @@ def test_training_assets_materialize_with_their_checks(env_sqlite, tmp_path, dat
     contradicting replies there: a manifest that names the starting adapter, pairs only from trained listings, the
     chosen replies gaining on the rejected ones, checks that ran."""
     from agreemate_assets.definitions import defs
-    from agreemate_assets.lib.resources import build_resources
+    from agreemate_assets.lib.resources import StudySettings, build_resources
     from agreemate_lib.core.settings import repo_root
     from agreemate_lib.training.shipping import adapter_digest, shipped_adapter_dir
     from agreemate_lib.training.splits import trained_listing_keys
 
-    instance, study, _ = env_sqlite
-    study = study.model_copy(update={"roster_path": str(repo_root() / "agents.yaml")})  # the fine-tuned agents
+    instance, _, _ = env_sqlite
+    study = StudySettings(results_dir=str(tmp_path / "results"), roster_path=str(repo_root() / "agents.yaml"))
     splits = ["buyer_split", "seller_split", "generalist_split"]
     assert mat(instance, study, splits).success
     for key in splits:
