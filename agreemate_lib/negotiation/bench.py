@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from agreemate_lib.core.scenarios import sample_scenarios
 from agreemate_lib.negotiation.agents import Agent, AgentSpec
@@ -133,7 +134,7 @@ def _median_ms(fn, n: int, sync=None) -> float:
     return 1000 * statistics.median(times)
 
 
-def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
+def _profile_batch(model, b: int, context: int, steps: int, gen, int4: list | None) -> dict:
     """One batch size of :func:`decode_step_profile`."""
     dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -169,20 +170,25 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
         finally:
             model.set_attn_implementation(impl)
         x = {w.shape[1]: torch.randn(b, w.shape[1], generator=gen).to(dev, dtype) for w in weights}
-        # attention over the cache after the key/value heads are repeated for every query head
-        q = torch.randn(b, heads, 1, head_dim, generator=gen).to(dev, dtype)
-        k = torch.randn(b, heads, head_dim, context + 1, generator=gen).to(dev, dtype)
-        v = torch.randn(b, heads, context + 1, head_dim, generator=gen).to(dev, dtype)
-
-        def matmuls():
-            for w in weights:
-                torch.matmul(x[w.shape[1]], w.t())
-            for _ in range(cfg.num_hidden_layers):
-                torch.matmul(torch.matmul(q, k), v)
-
-        mm_ms = _median_ms(matmuls, steps, sync)
+        linear_ms = _median_ms(lambda: [F.linear(x[w.shape[1]], w) for w in weights], steps, sync)
+        # the attention of one query token over the cache as the step's own kernel computes it, query heads packed
+        # onto their key/value head (no repeated keys): the least attention work a step can do
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        q = torch.randn(b, kv_heads, heads // kv_heads, head_dim, generator=gen).to(dev, dtype)
+        k = torch.randn(b, kv_heads, context + 1, head_dim, generator=gen).to(dev, dtype)
+        v = torch.randn(b, kv_heads, context + 1, head_dim, generator=gen).to(dev, dtype)
+        attention_ms = _median_ms(lambda: [F.scaled_dot_product_attention(q, k, v)
+                                           for _ in range(cfg.num_hidden_layers)], steps, sync)
+        int4_ms = None
+        if int4:
+            xb = {n: t.to(torch.bfloat16) for n, t in x.items()}
+            int4_ms = _median_ms(lambda: [torch.ops.aten._weight_int4pack_mm_for_cpu(xb[n], w, INT4_GROUP, sz)
+                                          for w, sz, n in int4], steps, sync)
+        mm_ms = linear_ms + attention_ms
     return {"batch": b, "step_ms": round(step_ms, 2), "step_ms_cache_in_place": round(in_place_ms, 2),
-            "matmul_ms": round(mm_ms, 2), "overhead_share": round(max(0.0, 1 - mm_ms / step_ms), 3),
+            "matmul_ms": round(mm_ms, 2), "linear_ms": round(linear_ms, 2), "attention_ms": round(attention_ms, 2),
+            "linear_ms_int4": None if int4_ms is None else round(int4_ms, 2),
+            "overhead_share": round(max(0.0, 1 - mm_ms / step_ms), 3),
             "overhead_share_cache_in_place": round(max(0.0, 1 - mm_ms / in_place_ms), 3),
             "step_ms_transformers_sdpa": round(gqa_ms, 2),
             "tokens_per_s": round(1000 * b / step_ms, 1),
@@ -191,16 +197,90 @@ def _profile_batch(model, b: int, context: int, steps: int, gen) -> dict:
 
 def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int = 300, steps: int = 8) -> list[dict]:
     """Milliseconds per decode step (one new token per row, over a KV cache of ``context`` tokens) against batch
-    size, beside the bare matrix work of the same step: every linear layer's weight multiplied by a [batch, in]
-    activation, and the attention products over the cache, timed as plain torch matmuls without the modules around
-    them. ``overhead_share`` = 1 - matmul / step: the part of a step that is not matrix work (Python, cache
-    handling, masks). Each step is timed with transformers' cache (``step_ms``: it appends by concatenation,
-    copying the whole cache every step) and with the engine's, which grows in place (``step_ms_cache_in_place``);
-    both with the engine's attention (:mod:`agreemate_lib.backends.attention`), and the in-place one once more with
-    transformers' own ``sdpa`` (``step_ms_transformers_sdpa``: unpadded rows go through the ``enable_gqa`` kernel)."""
+    size, beside the bare matrix work of the same step (``matmul_ms`` = ``linear_ms`` + ``attention_ms``): every
+    linear layer's weight applied to a [batch, in] activation (``F.linear``), and each layer's attention of one query
+    token over the cache through PyTorch's own attention kernel with the query heads packed onto their key/value
+    heads, without the modules around them. ``overhead_share`` = 1 - matmul / step: the part of a step that is not
+    matrix work (Python, small element-wise operations, cache handling, masks). Each step is timed with
+    transformers' cache (``step_ms``: it appends by concatenation, copying the whole cache every step) and with the
+    engine's, which grows in place (``step_ms_cache_in_place``); both with the engine's attention
+    (:mod:`agreemate_lib.backends.attention`), and the in-place one once more with transformers' own ``sdpa``
+    (``step_ms_transformers_sdpa``: unpadded rows go through the ``enable_gqa`` kernel). ``linear_ms_int4``: the
+    same linear layers through torch's CPU 4-bit weight-only kernel (groups of 32, as the embedded GGUF's Q4_1
+    blocks; ``None`` off the CPU), what a 4-bit step's matrix work would cost.
+
+    Until 2026-11-28 the attention part was timed as two bf16 batched matmuls with the keys repeated for every
+    query head, which on the CPU cost more than the real kernel (~11 ms of the 25 at batch 1 on the 2-core AMD EPYC),
+    so ``matmul_ms`` overstated the matrix work and ``overhead_share`` understated the rest
+    (docs/performance.md)."""
     gen = torch.Generator().manual_seed(0)
     with backend.shared.base_only():  # the base model, whatever adapters this process has loaded beside it
-        return [_profile_batch(backend.model, b, context, steps, gen) for b in batches]
+        int4 = _int4_weights(backend.model, gen)
+        return [_profile_batch(backend.model, b, context, steps, gen, int4) for b in batches]
+
+
+def step_op_profile(backend, batch: int = 8, context: int = 300, steps: int = 5, top: int = 8) -> dict:
+    """Where one decode step's time goes, by PyTorch operator (``torch.profiler``, self time): ``batch`` rows, one
+    new token each over a KV cache of ``context`` tokens grown in place, the engine's attention; ``steps`` steps
+    profiled after a warm-up. ``ops``: the ``top`` operators by self time, in ms per step and share of the profiled
+    operator time; ``python_ms``: the step's wall time not spent in any operator (the modules' Python)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from agreemate_lib.backends.kv_cache import growing_cache
+
+    model = backend.model
+    dev = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    with backend.shared.base_only(), torch.inference_mode():
+        ids = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen).to(dev)
+        past = growing_cache(model.config, reserve=8)
+        model(input_ids=ids, past_key_values=past, use_cache=True)
+        mask = torch.ones(batch, context + 1, dtype=torch.long, device=dev)
+
+        def step():
+            model(input_ids=ids[:, -1:], past_key_values=past, attention_mask=mask, use_cache=True)
+            past.crop(-1)
+
+        step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        t = time.perf_counter()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        wall_ms = 1000 * (time.perf_counter() - t) / steps
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) / 1000 / steps
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return {"batch": batch, "context": context, "step_ms_profiled": round(wall_ms, 2),
+            "operator_ms": round(total, 2), "python_ms": round(max(0.0, wall_ms - total), 2),
+            "ops": [{"op": e.key, "ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 2),
+                     "calls_per_step": e.count // steps,
+                     "share": round(e.self_cpu_time_total / 1000 / steps / total, 3)} for e in events[:top]]}
+
+
+#: Weights per scale and offset in the int4 figure (the GGUF's Q4_1 blocks hold 32).
+INT4_GROUP = 32
+
+
+def _int4_weights(model, gen) -> list | None:
+    """The base's linear layers as torch's CPU int4 weight-only layout (groups of :data:`INT4_GROUP` along the input,
+    a bf16 scale and offset each), for timing only: the 4-bit values are random, as a matmul's cost does not depend
+    on them. ``None`` off the CPU, or where this torch has no such kernel or a layer's shape does not fit it."""
+    dev = next(model.parameters()).device
+    if dev.type != "cpu" or not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        return None
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and "lora_" not in name:
+            n_out, n_in = m.weight.shape
+            if n_in % (2 * INT4_GROUP):
+                return None
+            q = torch.randint(0, 16, (n_out, n_in), generator=gen, dtype=torch.int32)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+            out.append((packed, torch.rand(n_in // INT4_GROUP, n_out, 2, generator=gen).to(torch.bfloat16), n_in))
+    return out
 
 
 def compare(a: list, b: list) -> dict:
@@ -351,6 +431,7 @@ def run_bench(n_scenarios: int = 8, turns: int = 6, seed: int = 0, dtype: str = 
         out["speedup_across_pairs"] = round(ap["together"]["negotiations_per_min"] / naive.negotiations_per_min, 2)
     if with_profile:
         out["decode_step_profile"] = decode_step_profile(engine_backend)
+        out["decode_step_ops"] = step_op_profile(engine_backend)
     if with_llama_server:
         from agreemate_lib.backends.llama_server import LlamaServerMissing, find_binary
 
@@ -422,13 +503,21 @@ def print_report(r: dict) -> None:
           f"{e['generate_overhead_s']} s, outside generate {e['outside_generate_s']} s")
     if r.get("decode_step_profile"):
         print("decode step vs batch (KV cache of 300 tokens): batch, ms/step (cache by concatenation, in place; "
-              "in place with transformers' sdpa), bare matmul ms, overhead share (concatenation, in place), "
-              "tok/s in place")
+              "in place with transformers' sdpa), bare matmul ms (linear + attention kernel), overhead share "
+              "(concatenation, in place), tok/s in place, linear ms with int4 weights")
         for row in r["decode_step_profile"]:
             print(f"  {row['batch']:3d} {row['step_ms']:8.2f} {row['step_ms_cache_in_place']:8.2f} "
-                  f"{row['step_ms_transformers_sdpa']:8.2f} {row['matmul_ms']:8.2f} "
+                  f"{row['step_ms_transformers_sdpa']:8.2f} {row['matmul_ms']:8.2f} ({row['linear_ms']:.2f} + "
+                  f"{row['attention_ms']:.2f}) "
                   f"{row['overhead_share']:6.3f} {row['overhead_share_cache_in_place']:6.3f} "
-                  f"{row['tokens_per_s_cache_in_place']:8.1f}")
+                  f"{row['tokens_per_s_cache_in_place']:8.1f} {row.get('linear_ms_int4') or float('nan'):8.2f}")
+    if r.get("decode_step_ops"):
+        p = r["decode_step_ops"]
+        print(f"one decode step by operator (batch {p['batch']}, {p['context']} cached tokens): "
+              f"{p['step_ms_profiled']} ms under the profiler, {p['operator_ms']} ms in operators, "
+              f"{p['python_ms']} ms outside them")
+        for o in p["ops"]:
+            print(f"  {o['op']:52s} {o['ms_per_step']:7.2f} ms  {o['calls_per_step']:5d} calls  {o['share']:.3f}")
     print(f"peak RSS: {r['peak_rss_mib']} MiB")
     c = r["greedy_transcripts_engine_vs_naive"]
     why = ""

@@ -298,6 +298,15 @@ class BestSoFar:
         else:
             self.stale += 1
 
+    def stop_reason(self, patience: int, over_time, max_minutes, what: str) -> str | None:
+        """Why training stops after this evaluation (``None``: it goes on): ``patience`` evaluations without a
+        better ``what`` value, or the wall-clock budget spent (``over_time``)."""
+        if self.stale >= patience:
+            return f"early stop: no {what} improvement in {patience} evaluations"
+        if over_time:
+            return f"wall-clock budget of {max_minutes} minutes"
+        return None
+
 
 def layer_param_groups(model, cfg: LoraTrainConfig) -> list[dict]:
     """One optimizer group per transformer layer, with layer-wise decayed learning rates."""
@@ -547,11 +556,8 @@ def train_lora(train: pd.DataFrame, validation: pd.DataFrame, out_dir: str | Pat
         curves.append(row)
         log(f"step {step + 1}/{cfg.max_steps} loss {raw:.4f} ema {ema:.4f} lr x{mult:.2f} |g| {grad_norm:.2f} "
             f"{step_tokens / dt:.0f} tok/s epoch {cursor / len(train_ex):.2f}")
-        if best.stale >= cfg.patience:
-            stop_reason = f"early stop: no validation improvement in {cfg.patience} evaluations"
-            break
-        if over_time:
-            stop_reason = f"wall-clock budget of {cfg.max_minutes} minutes"
+        if reason := best.stop_reason(cfg.patience, over_time, cfg.max_minutes, "validation"):
+            stop_reason = reason
             break
     if best.state is not None:
         set_peft_model_state_dict(model, best.state)

@@ -402,11 +402,8 @@ def train_preference(pairs: list[dict], validation_dialogues, out_dir: str | Pat
         curves.append(row)
         log(f"step {step + 1}/{steps} loss {row['loss']:.4f} anchor {row['anchor_loss']:.4f} acc {row['accuracy']:.2f} "
             f"logit {row['mean_logit']:.3f} |g| {grad_norm:.2f} {row['step_s']:.1f} s epoch {row['epoch']:.2f}")
-        if best.stale >= cfg.patience:
-            stop_reason = f"early stop: no held-out improvement in {cfg.patience} evaluations"
-            break
-        if over_time:
-            stop_reason = f"wall-clock budget of {cfg.max_minutes} minutes"
+        if reason := best.stop_reason(cfg.patience, over_time, cfg.max_minutes, "held-out"):
+            stop_reason = reason
             break
     set_peft_model_state_dict(model, best.state)
     kept = best.extra["eval"]

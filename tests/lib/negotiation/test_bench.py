@@ -13,6 +13,22 @@ def test_decode_step_profile_reports_step_and_matmul_cost(smollm2_backend):
         assert r["step_ms"] > 0 and r["matmul_ms"] > 0 and 0 <= r["overhead_share"] <= 1
         assert r["tokens_per_s"] == pytest.approx(1000 * r["batch"] / r["step_ms"], rel=0.01)
         assert r["step_ms_cache_in_place"] > 0 and 0 <= r["overhead_share_cache_in_place"] <= 1
+        # the bare matrix work is the linear layers plus the attention kernel, each timed on its own
+        assert r["linear_ms"] > 0 and r["attention_ms"] > 0
+        assert r["matmul_ms"] == pytest.approx(r["linear_ms"] + r["attention_ms"], abs=0.02)
+        assert r["linear_ms_int4"] > 0  # the CPU's 4-bit weight-only kernel on the same layers (torch 2.13 has it)
+
+
+@pytest.mark.slow
+def test_step_op_profile_splits_a_step_by_operator(smollm2_backend):
+    from agreemate_lib.negotiation.bench import step_op_profile
+
+    p = step_op_profile(smollm2_backend, batch=2, context=24, steps=2, top=5)
+    assert len(p["ops"]) == 5 and p["operator_ms"] > 0 and p["python_ms"] >= 0
+    assert [o["ms_per_step"] for o in p["ops"]] == sorted((o["ms_per_step"] for o in p["ops"]), reverse=True)
+    assert sum(o["share"] for o in p["ops"]) <= 1.001
+    # every step multiplies by the linear layers' weights: the matrix product is among the operators
+    assert any(o["op"] in ("aten::mm", "aten::addmm", "aten::bmm") for o in p["ops"])
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 from agreemate_lib.core.money import format_money
 from agreemate_lib.core.vocabulary import REPLY_KEYS
 from agreemate_lib.training.lora import (
+    BestSoFar,
     LoraTrainConfig,
     ema_update,
     encode_dialogue,
@@ -196,6 +197,17 @@ def test_perplexity_reduction_ci():
     r = perplexity_reduction(base, tuned, n_boot=200)
     assert r["perplexity_reduction_ci_low"] <= r["perplexity_reduction"] <= r["perplexity_reduction_ci_high"]
     assert r["perplexity_reduction"] == pytest.approx(1 - math.exp(37 / 30) / math.exp(75 / 30))  # pooled over tokens
+
+
+def test_early_stopping_waits_patience_evaluations_or_the_wall_clock():
+    best = BestSoFar(1.0, 0, None)
+    best.offer(1.0, 1, None)  # not better by more than 1e-4: no weights are taken, one stale evaluation
+    assert best.stale == 1 and best.stop_reason(2, False, 5, "validation") is None
+    assert best.stop_reason(2, True, 5, "validation") == "wall-clock budget of 5 minutes"
+    best.offer(1.5, 2, None)
+    assert best.step == 0 and best.value == 1.0
+    # patience spent is named first, with what was watched (the supervised trainer's validation, DPO's held-out)
+    assert best.stop_reason(2, True, 5, "held-out") == "early stop: no held-out improvement in 2 evaluations"
 
 
 def test_numeric_thought_and_schedule():
