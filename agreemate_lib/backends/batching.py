@@ -9,16 +9,23 @@ needs no model (a rule-based side) or another model simply comes back sooner wit
 
 A thread that never joins (a single pair, the naive path) finds nobody else to wait for: its call runs at once.
 
-Every batch runs on the batcher's own thread, whichever caller leads, and the memory it freed is handed back to the
-system after it (glibc's ``malloc_trim``, where there is one): with 14 pairs' threads taking turns to lead, each
-thread's malloc arena kept the freed buffers of the batches it had run, and the study's resident memory grew past
-10 GB with ~5 GB in use (2026-11-27, ``malloc_stats``).
+Every batch runs on the process's one compute thread (:func:`on_compute_thread`), whichever caller leads, and the
+memory it freed is handed back to the system after it (glibc's ``malloc_trim``, where there is one): with 14 pairs'
+threads taking turns to lead, each thread's malloc arena kept the freed buffers of the batches it had run, and the
+study's resident memory grew past 10 GB with ~5 GB in use (2026-11-27, ``malloc_stats``).
+
+One thread for all of it, not one per batcher, and measurements beside the batches on it too: PyTorch's CPU
+operators run on an OpenMP team per calling thread, and once a second thread has run a parallel operator the
+machine has more OpenMP threads than cores (2 here) and every team waits for its workers by sleeping instead of
+spinning. Measured on the 2-core AMD EPYC (2026-11-28, docs/performance.md): SmolLM2's linear layers at 8 rows took
+~35% longer on either thread after a second thread had run one parallel operator, for the rest of the process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -75,7 +82,6 @@ class Batcher:
         self._pending: list[_Job] = []
         self._busy = False
         self.stats = BatchStats()
-        self._worker: ThreadPoolExecutor | None = None  # the one thread every batch runs on (made on first use)
 
     @contextmanager
     def member(self) -> Iterator[None]:
@@ -141,10 +147,7 @@ class Batcher:
         self._cond.release()
         try:
             try:
-                if self._worker is None:
-                    self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
-                results = self._worker.submit(_run_and_trim, first.runner, [j.item for j in batch],
-                                              self.stats).result()
+                results = on_compute_thread(_run_and_trim, first.runner, [j.item for j in batch], self.stats)
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch runner returned {len(results)} results for {len(batch)} calls")
                 for j, r in zip(batch, results):
@@ -166,6 +169,36 @@ class Batcher:
             s.max_calls = max(s.max_calls, len(batch))
             s.waited_s += sum(max(0.0, waited - j.submitted) for j in batch)  # calls held back for the others
             self._cond.notify_all()
+
+
+_COMPUTE: ThreadPoolExecutor | None = None
+_COMPUTE_LOCK = threading.Lock()
+_COMPUTE_THREAD: list[int] = []
+
+
+def on_compute_thread(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """``fn(*args, **kwargs)`` run on the process's one compute thread (made on first use; called from that thread
+    itself, it runs at once), its result returned or its exception raised here. Every batch of every batcher runs
+    there, and so should anything timed beside them (the bench's step profiles): see the module's docstring."""
+    global _COMPUTE
+    if _COMPUTE_THREAD and threading.get_ident() == _COMPUTE_THREAD[0]:
+        return fn(*args, **kwargs)
+    with _COMPUTE_LOCK:
+        if _COMPUTE is None:
+            _COMPUTE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+            _COMPUTE_THREAD.append(_COMPUTE.submit(threading.get_ident).result())
+    return _COMPUTE.submit(fn, *args, **kwargs).result()
+
+
+def _forget_compute_thread() -> None:
+    """In a forked child the compute thread does not exist: the next call makes the child's own."""
+    global _COMPUTE, _COMPUTE_LOCK
+    _COMPUTE, _COMPUTE_LOCK = None, threading.Lock()
+    _COMPUTE_THREAD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_compute_thread)
 
 
 def _libc_trim() -> Callable[[int], int] | None:

@@ -95,6 +95,21 @@ def _run(name, scenarios, spec, backend, cfg) -> PathResult:
                       errors=sum(n.outcome == "error" for n in negs))
 
 
+def _on_compute_thread(fn):
+    """``fn`` runs on the process's compute thread, where the engine's batches run (timed beside them on another
+    thread, a step costs ~35% more on the 2-core CPU: :mod:`agreemate_lib.backends.batching`)."""
+    import functools
+
+    from agreemate_lib.backends.batching import on_compute_thread
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return on_compute_thread(fn, *args, **kwargs)
+
+    return run
+
+
+@_on_compute_thread
 def decode_ceiling(backend, batch: int = 32, new_tokens: int = 64) -> float:
     """Plain batched decode tokens/s of the model on this machine: (t(64 tokens) - t(1 token)) for a batch of 32."""
     tok, model = backend.tokenizer, backend.model
@@ -195,6 +210,7 @@ def _profile_batch(model, b: int, context: int, steps: int, gen, int4: list | No
             "tokens_per_s_cache_in_place": round(1000 * b / in_place_ms, 1)}
 
 
+@_on_compute_thread
 def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int = 300, steps: int = 8) -> list[dict]:
     """Milliseconds per decode step (one new token per row, over a KV cache of ``context`` tokens) against batch
     size, beside the bare matrix work of the same step (``matmul_ms`` = ``linear_ms`` + ``attention_ms``): every
@@ -219,6 +235,7 @@ def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int 
         return [_profile_batch(backend.model, b, context, steps, gen, int4) for b in batches]
 
 
+@_on_compute_thread
 def step_op_profile(backend, batch: int = 8, context: int = 300, steps: int = 5, top: int = 8) -> dict:
     """Where one decode step's time goes, by PyTorch operator (``torch.profiler``, self time): ``batch`` rows, one
     new token each over a KV cache of ``context`` tokens grown in place, the engine's attention; ``steps`` steps

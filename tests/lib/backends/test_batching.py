@@ -33,10 +33,26 @@ def test_batcher_merges_the_calls_of_every_member_and_returns_each_its_own():
     assert out == {0: 0, 1: 10, 2: 20}
     assert len(ran) == 1 and sorted(ran[0][1]) == [0, 1, 2]  # one batch, all three calls
     assert b.stats.max_calls == 3 and b.members == 0
-    # on the batcher's own thread, whichever member led (one malloc arena keeps the batches' buffers), and the
-    # freed memory was handed back after it (glibc)
-    assert ran[0][0].startswith("batch") and b.stats.trim_s > 0
+    # on the process's compute thread, whichever member led (one malloc arena keeps the batches' buffers, one
+    # OpenMP team runs the operators), and the freed memory was handed back after it (glibc)
+    assert ran[0][0].startswith("compute") and b.stats.trim_s > 0
     assert b.submit("k", 4, runner) == 40 and ran[1][0] == ran[0][0]  # a caller alone: the same thread
+    assert Batcher().submit("k", 5, runner) == 50 and ran[2][0] == ran[0][0]  # another batcher (model): the same
+
+
+def test_work_sent_to_the_compute_thread_from_the_compute_thread_runs_at_once():
+    from agreemate_lib.backends.batching import on_compute_thread
+
+    def inner():
+        return threading.current_thread().name
+
+    def outer():  # on the compute thread, asking for the compute thread again: no deadlock, the same thread
+        return threading.current_thread().name, on_compute_thread(inner)
+
+    here, there = on_compute_thread(outer)
+    assert here == there and here.startswith("compute") and here != threading.current_thread().name
+    with pytest.raises(ZeroDivisionError):  # the work's exception is raised in the caller
+        on_compute_thread(lambda: 1 / 0)
 
 
 def test_batcher_keeps_other_keys_apart_and_delivers_the_runners_failure():
