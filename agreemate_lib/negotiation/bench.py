@@ -226,9 +226,9 @@ def decode_step_profile(backend, batches=(1, 2, 4, 8, 16, 32, 64), context: int 
     blocks; ``None`` off the CPU), what a 4-bit step's matrix work would cost.
 
     Until 2026-11-28 the attention part was timed as two bf16 batched matmuls with the keys repeated for every
-    query head, which on the CPU cost more than the real kernel (~11 ms of the 25 at batch 1 on the 2-core AMD EPYC),
-    so ``matmul_ms`` overstated the matrix work and ``overhead_share`` understated the rest
-    (docs/performance.md)."""
+    query head (on the 2-core AMD EPYC 1.6 / 5.6 / 20.4 ms at batch 1 / 8 / 32 against the kernel's 0.9 / 4.3 /
+    18.4, one run), and the whole profile ran on another thread than the engine's batches, which made every
+    matmul slower (:mod:`agreemate_lib.backends.batching`; docs/performance.md)."""
     gen = torch.Generator().manual_seed(0)
     with backend.shared.base_only():  # the base model, whatever adapters this process has loaded beside it
         int4 = _int4_weights(backend.model, gen)
@@ -240,7 +240,9 @@ def step_op_profile(backend, batch: int = 8, context: int = 300, steps: int = 5,
     """Where one decode step's time goes, by PyTorch operator (``torch.profiler``, self time): ``batch`` rows, one
     new token each over a KV cache of ``context`` tokens grown in place, the engine's attention; ``steps`` steps
     profiled after a warm-up. ``ops``: the ``top`` operators by self time, in ms per step and share of the profiled
-    operator time; ``python_ms``: the step's wall time not spent in any operator (the modules' Python)."""
+    operator time. ``step_ms``: the same step timed without the profiler (median of ``steps``), and ``python_ms`` =
+    ``step_ms`` - ``operator_ms``: what is left for the modules' Python (the profiler adds its own cost to every
+    operator, so ``step_ms_profiled`` is longer and this is if anything an underestimate)."""
     from torch.profiler import ProfilerActivity, profile
 
     from agreemate_lib.backends.kv_cache import growing_cache
@@ -258,7 +260,7 @@ def step_op_profile(backend, batch: int = 8, context: int = 300, steps: int = 5,
             model(input_ids=ids[:, -1:], past_key_values=past, attention_mask=mask, use_cache=True)
             past.crop(-1)
 
-        step()
+        step_ms = _median_ms(step, steps)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         t = time.perf_counter()
         with profile(activities=activities) as prof:
@@ -270,8 +272,8 @@ def step_op_profile(backend, batch: int = 8, context: int = 300, steps: int = 5,
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events) / 1000 / steps
     events.sort(key=lambda e: -e.self_cpu_time_total)
-    return {"batch": batch, "context": context, "step_ms_profiled": round(wall_ms, 2),
-            "operator_ms": round(total, 2), "python_ms": round(max(0.0, wall_ms - total), 2),
+    return {"batch": batch, "context": context, "step_ms": round(step_ms, 2), "step_ms_profiled": round(wall_ms, 2),
+            "operator_ms": round(total, 2), "python_ms": round(max(0.0, step_ms - total), 2),
             "ops": [{"op": e.key, "ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 2),
                      "calls_per_step": e.count // steps,
                      "share": round(e.self_cpu_time_total / 1000 / steps / total, 3)} for e in events[:top]]}
@@ -530,9 +532,9 @@ def print_report(r: dict) -> None:
                   f"{row['tokens_per_s_cache_in_place']:8.1f} {row.get('linear_ms_int4') or float('nan'):8.2f}")
     if r.get("decode_step_ops"):
         p = r["decode_step_ops"]
-        print(f"one decode step by operator (batch {p['batch']}, {p['context']} cached tokens): "
-              f"{p['step_ms_profiled']} ms under the profiler, {p['operator_ms']} ms in operators, "
-              f"{p['python_ms']} ms outside them")
+        print(f"one decode step by operator (batch {p['batch']}, {p['context']} cached tokens): {p['step_ms']} ms "
+              f"({p['step_ms_profiled']} ms under the profiler), {p['operator_ms']} ms in operators, "
+              f"{p['python_ms']} ms left for Python")
         for o in p["ops"]:
             print(f"  {o['op']:52s} {o['ms_per_step']:7.2f} ms  {o['calls_per_step']:5d} calls  {o['share']:.3f}")
     print(f"peak RSS: {r['peak_rss_mib']} MiB")

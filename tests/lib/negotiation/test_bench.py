@@ -24,7 +24,8 @@ def test_step_op_profile_splits_a_step_by_operator(smollm2_backend):
     from agreemate_lib.negotiation.bench import step_op_profile
 
     p = step_op_profile(smollm2_backend, batch=2, context=24, steps=2, top=5)
-    assert len(p["ops"]) == 5 and p["operator_ms"] > 0 and p["python_ms"] >= 0
+    assert len(p["ops"]) == 5 and p["operator_ms"] > 0 and p["python_ms"] >= 0 and p["step_ms"] > 0
+    assert p["python_ms"] == pytest.approx(max(0.0, p["step_ms"] - p["operator_ms"]), abs=0.02)
     assert [o["ms_per_step"] for o in p["ops"]] == sorted((o["ms_per_step"] for o in p["ops"]), reverse=True)
     assert sum(o["share"] for o in p["ops"]) <= 1.001
     # every step multiplies by the linear layers' weights: the matrix product is among the operators
