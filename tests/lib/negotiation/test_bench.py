@@ -11,7 +11,8 @@ def test_decode_step_profile_reports_step_and_matmul_cost(smollm2_backend):
     assert [r["batch"] for r in rows] == [1, 4]
     for r in rows:
         assert r["step_ms"] > 0 and r["matmul_ms"] > 0 and 0 <= r["overhead_share"] <= 1
-        assert r["tokens_per_s"] == pytest.approx(1000 * r["batch"] / r["step_ms"], rel=0.01)
+        # tokens/s is rounded to 0.1: a slow step (a busy machine: 494 ms at 1 row) gives 2.0 for 2.02
+        assert r["tokens_per_s"] == pytest.approx(1000 * r["batch"] / r["step_ms"], rel=0.01, abs=0.051)
         assert r["step_ms_cache_in_place"] > 0 and 0 <= r["overhead_share_cache_in_place"] <= 1
         # the bare matrix work is the linear layers plus the attention kernel, each timed on its own
         assert r["linear_ms"] > 0 and r["attention_ms"] > 0
