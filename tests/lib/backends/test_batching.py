@@ -1,6 +1,8 @@
 """Batching across pairs: the batcher merges concurrent calls and hands each caller its own rows; pairs run together
 (base and LoRA adapters mixed in one batch) produce exactly the transcripts they produce alone, in fp32."""
 
+import os
+import signal
 import threading
 import time
 
@@ -53,6 +55,19 @@ def test_work_sent_to_the_compute_thread_from_the_compute_thread_runs_at_once():
     assert here == there and here.startswith("compute") and here != threading.current_thread().name
     with pytest.raises(ZeroDivisionError):  # the work's exception is raised in the caller
         on_compute_thread(lambda: 1 / 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork: POSIX only")
+def test_a_forked_child_makes_its_own_compute_thread():
+    from agreemate_lib.backends.batching import on_compute_thread
+
+    assert on_compute_thread(lambda: 2) == 2  # the parent's compute thread exists now
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread was not copied; without its own, this call would wait forever
+        signal.alarm(20)
+        os._exit(0 if on_compute_thread(lambda: 3) == 3 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
 
 
 def test_batcher_keeps_other_keys_apart_and_delivers_the_runners_failure():
