@@ -156,8 +156,7 @@ def _profile_batch(model, b: int, context: int, steps: int, gen, int4: list | No
     cfg = model.config
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    weights = [m.weight for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and "lora_" not in name]  # the base's own layers
+    weights = [m.weight for m in _base_linears(model)]
     ids = torch.randint(0, cfg.vocab_size, (b, context), generator=gen).to(dev)
     from agreemate_lib.backends.kv_cache import growing_cache
 
@@ -291,15 +290,19 @@ def _int4_weights(model, gen) -> list | None:
     if dev.type != "cpu" or not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
         return None
     out = []
-    for name, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear) and "lora_" not in name:
-            n_out, n_in = m.weight.shape
-            if n_in % (2 * INT4_GROUP):
-                return None
-            q = torch.randint(0, 16, (n_out, n_in), generator=gen, dtype=torch.int32)
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
-            out.append((packed, torch.rand(n_in // INT4_GROUP, n_out, 2, generator=gen).to(torch.bfloat16), n_in))
+    for m in _base_linears(model):
+        n_out, n_in = m.weight.shape
+        if n_in % (2 * INT4_GROUP):
+            return None
+        q = torch.randint(0, 16, (n_out, n_in), generator=gen, dtype=torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+        out.append((packed, torch.rand(n_in // INT4_GROUP, n_out, 2, generator=gen).to(torch.bfloat16), n_in))
     return out
+
+
+def _base_linears(model) -> list:
+    """The base model's own linear layers (LoRA's layers injected beside them left out)."""
+    return [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lora_" not in name]
 
 
 def compare(a: list, b: list) -> dict:
