@@ -173,28 +173,27 @@ class Batcher:
 
 _COMPUTE: ThreadPoolExecutor | None = None
 _COMPUTE_LOCK = threading.Lock()
-_COMPUTE_THREAD: list[int] = []
+_COMPUTE_IDENT: int | None = None  # the compute thread's ``threading.get_ident()``
 
 
 def on_compute_thread(fn: Callable[..., Any], *args, **kwargs) -> Any:
     """``fn(*args, **kwargs)`` run on the process's one compute thread (made on first use; called from that thread
     itself, it runs at once), its result returned or its exception raised here. Every batch of every batcher runs
     there, and so should anything timed beside them (the bench's step profiles): see the module's docstring."""
-    global _COMPUTE
-    if _COMPUTE_THREAD and threading.get_ident() == _COMPUTE_THREAD[0]:
+    global _COMPUTE, _COMPUTE_IDENT
+    if threading.get_ident() == _COMPUTE_IDENT:
         return fn(*args, **kwargs)
     with _COMPUTE_LOCK:
         if _COMPUTE is None:
             _COMPUTE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
-            _COMPUTE_THREAD.append(_COMPUTE.submit(threading.get_ident).result())
+            _COMPUTE_IDENT = _COMPUTE.submit(threading.get_ident).result()
     return _COMPUTE.submit(fn, *args, **kwargs).result()
 
 
 def _forget_compute_thread() -> None:
     """In a forked child the compute thread does not exist: the next call makes the child's own."""
-    global _COMPUTE, _COMPUTE_LOCK
-    _COMPUTE, _COMPUTE_LOCK = None, threading.Lock()
-    _COMPUTE_THREAD.clear()
+    global _COMPUTE, _COMPUTE_LOCK, _COMPUTE_IDENT
+    _COMPUTE, _COMPUTE_LOCK, _COMPUTE_IDENT = None, threading.Lock(), None
 
 
 if hasattr(os, "register_at_fork"):
